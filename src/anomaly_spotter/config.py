@@ -1,0 +1,406 @@
+"""Typed, validated configuration loaded from ``params.yaml``.
+
+Each top-level section of ``params.yaml`` mirrors a pipeline stage and maps to one dataclass
+below; the defaults here are the documented defaults (``params.yaml`` repeats them so that DVC
+tracks every value). ``presets`` holds per-category overrides merged over the defaults.
+
+Validation happens before any work and reports *all* problems at once: unknown keys (typos),
+wrong types and out-of-range values, each named by its dotted key.
+
+Example:
+    >>> params = parse_params({"loss": {"ssim": 0.7}})
+    >>> params.loss.ssim, params.train.optimizer
+    (0.7, 'adam')
+    >>> parse_params({"loss": {"ssmi": 0.7}})
+    Traceback (most recent call last):
+    ...
+    anomaly_spotter.errors.ConfigError: params.yaml has 1 problem(s):
+      - loss.ssmi: unknown key (valid keys: edge, l1, mse, perceptual, ssim, vgg_weights)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from anomaly_spotter.errors import ConfigError
+
+CATEGORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict[str, Any]:
+    return {"min": lo, "max": hi, "min_open": lo_open}
+
+
+def _choices(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The built-in synthetic dataset (see :mod:`anomaly_spotter.synthetic`)."""
+
+    image_size: int = field(default=160, metadata=_range(32, 2048))  # generated side, px; preprocess resizes
+    train_good: int = field(default=72, metadata=_range(2))
+    test_good: int = field(default=24, metadata=_range(1))
+    test_defect_per_type: int = field(default=8, metadata=_range(1))
+    seed: int = field(default=0, metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the raw images come from (stage ``fetch``)."""
+
+    source: str = field(default="synthetic", metadata=_choices("synthetic", "folder", "mvtec"))
+    categories: tuple[str, ...] = ("weave", "marble", "washer")
+    root: str = ""  # folder source: <root>/<category> in MVTec AD layout
+    mirror: str = ""  # mvtec: replaces the official base URL
+    archive: str = ""  # mvtec: an archive already on disk (no network)
+    cache_dir: str = field(default=".cache/downloads")  # mvtec: where archives are kept between runs
+    min_train_images: int = field(default=4, metadata=_range(1))
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Decoding, resizing and the validation hold-out (stage ``preprocess``)."""
+
+    image_size: int = field(default=128, metadata=_range(32, 1024))
+    val_fraction: float = field(default=0.15, metadata=_range(0.0, 0.9, lo_open=True))
+    seed: int = field(default=0, metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Albumentations transforms applied to training images only; each ``*_p`` is a probability."""
+
+    hflip_p: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    vflip_p: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    rotate90_p: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    brightness_contrast_p: float = field(default=0.3, metadata=_range(0.0, 1.0))
+    brightness_limit: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    contrast_limit: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    shift_p: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    shift_limit: float = field(default=0.03, metadata=_range(0.0, 0.5))  # fraction of the side
+    noise_p: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    noise_std: float = field(default=0.02, metadata=_range(0.0, 1.0))  # in [0, 1] intensity units
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``AutoencoderUNetLite`` shape; see :mod:`anomaly_spotter.model`."""
+
+    base_channels: int = field(default=32, metadata=_range(4, 256))
+    bottleneck_channels: int = field(default=512, metadata=_range(8, 4096))
+    # Skip connections used, by level (1 = full resolution ... 3 = 1/4 resolution). Empty by
+    # default: with skips the decoder copies defects through and detection collapses.
+    skips: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the reconstruction loss components; a weight of 0 disables (and skips) a term."""
+
+    mse: float = field(default=1.0, metadata=_range(0.0))
+    l1: float = field(default=0.0, metadata=_range(0.0))
+    ssim: float = field(default=1.0, metadata=_range(0.0))
+    perceptual: float = field(default=0.0, metadata=_range(0.0))
+    edge: float = field(default=0.0, metadata=_range(0.0))
+    vgg_weights: str = ""  # perceptual: path to VGG16 ImageNet weights; empty = torchvision's cache
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop (stage ``train``)."""
+
+    epochs: int = field(default=30, metadata=_range(1))
+    batch_size: int = field(default=16, metadata=_range(1))
+    optimizer: str = field(default="adam", metadata=_choices("adam", "adamw", "sgd"))
+    lr: float = field(default=2e-3, metadata=_range(0.0, 10.0, lo_open=True))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))  # sgd only
+    scheduler: str = field(default="cosine", metadata=_choices("cosine", "plateau", "step", "none"))
+    step_size: int = field(default=10, metadata=_range(1))  # step scheduler: epochs per decay
+    gamma: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))  # step/plateau decay
+    grad_clip: float = field(default=1.0, metadata=_range(0.0))  # max grad norm; 0 disables
+    patience: int = field(default=0, metadata=_range(0))  # early stopping, epochs; 0 disables
+    amp: bool = True  # mixed precision, used on CUDA only
+    seed: int = field(default=0, metadata=_range(0))
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    num_threads: int = field(default=0, metadata=_range(0))  # 0 = all cores
+    sample_every: int = field(default=5, metadata=_range(0))  # epochs between logged reconstructions
+    num_workers: int = field(default=0, metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Anomaly map and image score (shared by ``thresholds`` and ``evaluate``)."""
+
+    map: str = field(default="ssim", metadata=_choices("l2", "ssim", "combined"))
+    ssim_window: int = field(default=11, metadata=_range(3, 63))
+    combined_ssim_weight: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    smoothing_sigma: float = field(default=4.0, metadata=_range(0.0, 64.0))
+    image_score: str = field(default="topk_mean", metadata=_choices("max", "topk_mean"))
+    topk_percent: float = field(default=1.0, metadata=_range(0.0, 100.0, lo_open=True))
+    batch_size: int = field(default=32, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class ThresholdsConfig:
+    """Thresholds from the normal validation scores only (never the test set)."""
+
+    strategy: str = "percentile_99"
+    percentiles: tuple[float, ...] = (95.0, 99.0)
+    std_k: float = field(default=3.0, metadata=_range(0.0))
+    iqr_k: float = field(default=1.5, metadata=_range(0.0))
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Stage ``evaluate``."""
+
+    resolution: str = field(default="original", metadata=_choices("original", "model"))
+    export_maps: bool = False  # float32 TIFFs in MVTec's evaluation layout
+    heatmap_examples: int = field(default=2, metadata=_range(1, 16))  # images per defect type in heatmaps.png
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of ``params.yaml``, with one category's preset already merged in."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def threshold_names(config: ThresholdsConfig) -> list[str]:
+    """Names of the thresholds the ``thresholds`` stage computes, e.g. ``percentile_99``.
+
+    >>> threshold_names(ThresholdsConfig())
+    ['percentile_95', 'percentile_99', 'mean_std_3', 'iqr_1.5']
+    """
+    return [f"percentile_{p:g}" for p in config.percentiles] + [f"mean_std_{config.std_k:g}", f"iqr_{config.iqr_k:g}"]
+
+
+# Sections a preset may override: everything that shapes one category's model and its scoring.
+PRESET_SECTIONS = ("preprocess", "augment", "model", "loss", "train", "score", "thresholds", "evaluate")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    """Check ``value`` against the annotation ``tp``; return the converted value or None."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping of settings, got {value!r}")
+            return None
+        return _build(tp, value, f"{key}.", problems)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
+            return None
+        items = [_convert(v, item_tp, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+        return tuple(items)
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{key}: expected true or false, got {value!r}")
+            return None
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{key}: expected an integer, got {value!r}")
+            return None
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{key}: expected a number, got {value!r}")
+            return None
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{key}: expected a string, got {value!r}")
+            return None
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module, not user input
+
+
+def _check_bounds(value: Any, meta: typing.Mapping[str, Any], key: str, problems: list[str]) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        problems.append(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None:
+        if meta.get("min_open") and not value > lo:
+            problems.append(f"{key}: must be > {lo}, got {value!r}")
+        elif not meta.get("min_open") and value < lo:
+            problems.append(f"{key}: must be >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        problems.append(f"{key}: must be <= {hi}, got {value!r}")
+
+
+def _build(cls: Any, raw: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in sorted(set(raw) - set(fields)):
+        problems.append(f"{prefix}{key}: unknown key (valid keys: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        value = _convert(raw[name], hints[name], f"{prefix}{name}", problems)
+        if value is None:
+            continue
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = value
+            continue
+        _check_bounds(value, f.metadata, f"{prefix}{name}", problems)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - only when a nested build failed
+        problems.append(f"{prefix.rstrip('.')}: {exc}")
+        return None
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
+    """Checks that involve more than one key."""
+    for level in params.model.skips:
+        if level not in (1, 2, 3):
+            problems.append(f"{prefix}model.skips: levels are 1, 2 or 3, got {level}")
+    if len(set(params.model.skips)) != len(params.model.skips):
+        problems.append(f"{prefix}model.skips: a level is listed twice: {list(params.model.skips)}")
+    weights = params.loss
+    if weights.mse + weights.l1 + weights.ssim + weights.perceptual + weights.edge <= 0:
+        problems.append(f"{prefix}loss: at least one of mse, l1, ssim, perceptual, edge must be > 0")
+    for p in params.thresholds.percentiles:
+        if not 0 < p < 100:
+            problems.append(f"{prefix}thresholds.percentiles: {p} is not in (0, 100)")
+    names = threshold_names(params.thresholds)
+    if params.thresholds.strategy not in names:
+        problems.append(
+            f"{prefix}thresholds.strategy: {params.thresholds.strategy!r} is not computed; "
+            f"choose one of {', '.join(names)}"
+        )
+
+
+def parse_params(raw: dict[str, Any] | None, category: str | None = None, source: str = "params.yaml") -> Params:
+    """Validate a raw ``params.yaml`` mapping and return typed :class:`Params`.
+
+    Every preset in ``presets`` is validated too (so a typo in any category's preset is caught
+    by any stage); ``category`` selects which preset is merged over the defaults.
+    """
+    raw = dict(raw or {})
+    problems: list[str] = []
+    presets = raw.pop("presets", None) or {}
+    if not isinstance(presets, dict):
+        problems.append(f"presets: expected a mapping of category -> overrides, got {presets!r}")
+        presets = {}
+    params = _build(Params, raw, "", problems)
+    if params is not None:
+        _cross_checks(params, "", problems)
+        categories = params.data.categories
+        if not categories:
+            problems.append("data.categories: list at least one category")
+        for name in categories:
+            if not CATEGORY_NAME.match(name):
+                problems.append(f"data.categories: {name!r} is not a valid folder name")
+        if len(set(categories)) != len(categories):
+            problems.append(f"data.categories: a category is listed twice: {list(categories)}")
+    base_problems = len(problems)
+    merged_for_category = None
+    for name, override in sorted(presets.items()):
+        key = f"presets.{name}"
+        if not isinstance(override, dict):
+            problems.append(f"{key}: expected a mapping of section -> settings, got {override!r}")
+            continue
+        for section in sorted(set(override) - set(PRESET_SECTIONS)):
+            problems.append(f"{key}.{section}: a preset may override only {', '.join(PRESET_SECTIONS)}")
+        if base_problems:
+            continue  # the defaults are broken already; each preset would repeat those messages
+        count = len(problems)
+        merged = _build(Params, _deep_merge(raw, {k: v for k, v in override.items() if k in PRESET_SECTIONS}), f"{key}: ", problems)
+        if merged is not None and len(problems) == count:
+            _cross_checks(merged, f"{key}: ", problems)
+        if name == category:
+            merged_for_category = merged
+    if category is not None and params is not None and category not in params.data.categories:
+        problems.append(
+            f"category {category!r} is not in data.categories ({', '.join(params.data.categories)}); "
+            "add it there or pick a listed one"
+        )
+    if problems:
+        raise ConfigError(problems, source)
+    return merged_for_category or params
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml", category: str | None = None) -> Params:
+    """Read and validate ``params.yaml`` (``yaml.safe_load``); merge ``category``'s preset."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError([f"{path}: file not found; run from the repository root"], str(path)) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(["the top level must be a mapping of sections"], str(path))
+    return parse_params(raw, category, str(path))
+
+
+def to_dict(value: Any) -> Any:
+    """A plain-``dict`` view of a config dataclass (tuples as lists), e.g. to store in a checkpoint."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_dict(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [to_dict(v) for v in value]
+    return value
+
+
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "EvaluateConfig",
+    "LossConfig",
+    "ModelConfig",
+    "Params",
+    "PreprocessConfig",
+    "ScoreConfig",
+    "SyntheticConfig",
+    "ThresholdsConfig",
+    "TrainConfig",
+    "load_params",
+    "threshold_names",
+    "parse_params",
+    "to_dict",
+]

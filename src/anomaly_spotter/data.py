@@ -1,0 +1,62 @@
+"""PyTorch datasets over preprocessed arrays.
+
+Images are stored as uint8 (N, S, S, 3) and become float tensors (3, S, S) in [-1, 1] here.
+Augmentation randomness is a pure function of ``(seed, epoch, index)``: the result does not
+depend on worker count or on whether training was resumed from a checkpoint.
+
+Example:
+    >>> import numpy as np
+    >>> ds = ImageDataset(np.zeros((4, 8, 8, 3), np.uint8))
+    >>> ds[0].shape, float(ds[0].min())
+    (torch.Size([3, 8, 8]), -1.0)
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) or (S, S, 3) -> float32 (N, 3, S, S) / (3, S, S) in [-1, 1]."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).float()
+    tensor = tensor.movedim(-1, -3)  # channels first
+    return tensor / 127.5 - 1.0
+
+
+def to_uint8(tensor: torch.Tensor) -> np.ndarray:
+    """float (N, 3, S, S) in [-1, 1] -> uint8 (N, S, S, 3); the inverse of :func:`to_tensor`."""
+    scaled = ((tensor.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round()
+    return scaled.movedim(-3, -1).to(torch.uint8).numpy()
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed for one sample of one epoch (stable across Python runs)."""
+    return zlib.crc32(f"{seed}/{epoch}/{index}".encode())
+
+
+class ImageDataset(Dataset):
+    """Images from a uint8 array, optionally augmented with an albumentations ``Compose``."""
+
+    def __init__(self, images: np.ndarray, transform=None, seed: int = 0) -> None:
+        self.images = images
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draw for ``epoch`` (call before iterating)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = np.asarray(self.images[index])
+        if self.transform is not None:
+            self.transform.set_random_seed(sample_seed(self.seed, self.epoch, index))
+            image = self.transform(image=image)["image"]
+        return to_tensor(image)

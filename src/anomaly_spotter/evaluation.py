@@ -1,0 +1,155 @@
+"""Stage ``evaluate``: score the test set once and write metrics, plots and per-image results.
+
+Outputs for one category:
+
+* ``metrics/<category>.json`` – image AUROC, pixel AUROC, AU-PRO (FPR ≤ 0.3), accuracy /
+  precision / recall / F1 and confusion counts at the threshold chosen on *normal validation
+  images* (``models/<category>/thresholds.json``), the oracle best F1 (comparison only) and
+  image AUROC per defect type;
+* ``plots/<category>/`` – ``roc.json`` and ``pr.json`` (declared in ``dvc.yaml`` so
+  ``dvc plots diff`` overlays experiments), ``heatmaps.png`` and ``score_histogram.png``;
+* ``evaluation/<category>/scores.csv`` – one row per test image; with
+  ``evaluate.export_maps`` also ``anomaly_maps/<category>/test/<defect>/<id>.tiff``, the
+  layout MVTec's official evaluation script reads.
+
+Pixel metrics are computed at each image's original resolution by default, as MVTec's
+evaluation does: maps are upsampled one image at a time and kept as float32.
+
+Example:
+    >>> evaluate_category(data, raw_dir, model, thresholds, params, category="weave",
+    ...                   metrics_path=..., plots_dir=..., results_dir=...)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomaly_spotter import metrics as m
+from anomaly_spotter.anomaly_map import resize_to
+from anomaly_spotter.config import Params
+from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
+from anomaly_spotter.images import read_mask
+from anomaly_spotter.preprocessing import ProcessedCategory
+from anomaly_spotter.scoring import ScoredImages, score_images
+from anomaly_spotter.visualize import HeatmapRow, heatmap_grid_png, score_histogram_png
+
+GOOD = "good"
+
+
+def pixel_inputs(data: ProcessedCategory, raw_dir: Path, maps: np.ndarray, resolution: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Ground-truth masks and anomaly maps, paired, at ``original`` or ``model`` resolution."""
+    if resolution == "model":
+        return [np.asarray(mask, dtype=bool) for mask in data.test_masks], list(maps)
+    masks, resized = [], []
+    for item, amap in zip(data.test_items, maps):
+        size = (item.height, item.width)
+        masks.append(read_mask(raw_dir / item.mask) if item.mask else np.zeros(size, bool))
+        resized.append(resize_to(amap, size))
+    return masks, resized
+
+
+def compute_metrics(data: ProcessedCategory, scored: ScoredImages, threshold: float, masks: list[np.ndarray], maps: list[np.ndarray]) -> dict[str, Any]:
+    """Every number of ``metrics/<category>.json``."""
+    labels, scores = data.test_labels, scored.scores
+    at_threshold = m.classification_at_threshold(labels, scores, threshold)
+    oracle = m.f1_max(labels, scores)
+    return {
+        "image_auroc": m.image_auroc(labels, scores),
+        "pixel_auroc": m.pixel_auroc(masks, maps),
+        "au_pro": m.au_pro(masks, maps, fpr_limit=0.3),
+        **at_threshold,
+        "threshold": threshold,
+        "f1_max_oracle": oracle["f1_max"],  # best F1 over all thresholds: peeks at test labels
+        "per_defect_image_auroc": m.per_defect_auroc(labels, data.defect_types, scores),
+        "test_images": int(len(labels)),
+    }
+
+
+def _curve_rows(curve: dict[str, list[float]]) -> list[dict[str, float]]:
+    keys = list(curve)
+    return [dict(zip(keys, values)) for values in zip(*curve.values())]
+
+
+def heatmap_rows(data: ProcessedCategory, scored: ScoredImages, per_type: int) -> list[HeatmapRow]:
+    """``per_type`` images of each defect type plus as many good ones, in test order."""
+    picked: dict[str, list[int]] = {}
+    for i, item in enumerate(data.test_items):
+        chosen = picked.setdefault(item.defect_type, [])
+        if len(chosen) < per_type:
+            chosen.append(i)
+    order = sorted(picked, key=lambda name: (name != GOOD, name))  # good first, then defect types
+    rows = []
+    for name in order:
+        for i in picked[name]:
+            rows.append(
+                HeatmapRow(
+                    title=f"{name} {Path(data.test_items[i].file).name} s={scored.scores[i]:.3g}",
+                    image=np.asarray(data.test[i]),
+                    reconstruction=scored.reconstructions[i],
+                    anomaly_map=scored.maps[i],
+                    mask=np.asarray(data.test_masks[i], dtype=bool),
+                )
+            )
+    return rows
+
+
+def scores_csv(data: ProcessedCategory, scores: np.ndarray, threshold: float) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "defect_type", "label", "score", "predicted_anomalous"])
+    for item, score in zip(data.test_items, scores):
+        writer.writerow([item.file, item.defect_type, item.label, f"{score:.8g}", int(score >= threshold)])
+    return buffer.getvalue().encode("utf-8")
+
+
+def export_tiffs(folder: Path, category: str, data: ProcessedCategory, maps: list[np.ndarray]) -> None:
+    """Float32 TIFF maps at ``<folder>/<category>/test/<defect>/<id>.tiff`` (MVTec evaluation layout)."""
+    import tifffile
+
+    for item, amap in zip(data.test_items, maps):
+        stem = Path(item.file).stem
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, amap.astype(np.float32), metadata=None, software=False, datetime=False)
+        write_bytes(folder / category / "test" / item.defect_type / f"{stem}.tiff", buffer.getvalue())
+
+
+def evaluate_category(
+    data: ProcessedCategory,
+    raw_dir: Path,
+    model: torch.nn.Module,
+    thresholds: dict[str, Any],
+    params: Params,
+    *,
+    category: str,
+    metrics_path: Path,
+    plots_dir: Path,
+    results_dir: Path,
+) -> dict[str, Any]:
+    """Score the test set of one category and write every evaluate output; return the metrics."""
+    threshold = float(thresholds["threshold"])
+    scored = score_images(model, data.test, params.score)
+    masks, maps = pixel_inputs(data, Path(raw_dir), scored.maps, params.evaluate.resolution)
+    results = compute_metrics(data, scored, threshold, masks, maps)
+    results["threshold_strategy"] = thresholds["strategy"]
+    labels = data.test_labels
+
+    with staging_dir(plots_dir) as plots, staging_dir(results_dir) as out:
+        write_json(plots / "roc.json", {"roc": _curve_rows(m.roc_points(labels, scored.scores))})
+        write_json(plots / "pr.json", {"pr": _curve_rows(m.pr_points(labels, scored.scores))})
+        vmax = float(np.quantile(scored.maps, 0.999))  # one colour scale for all rows
+        write_bytes(plots / "heatmaps.png", heatmap_grid_png(heatmap_rows(data, scored, params.evaluate.heatmap_examples), pixel_threshold=threshold, vmax=vmax))
+        write_bytes(
+            plots / "score_histogram.png",
+            score_histogram_png(scored.scores[labels == 0], scored.scores[labels == 1], threshold=threshold, title=f"{category}: image scores"),
+        )
+        write_bytes(out / "scores.csv", scores_csv(data, scored.scores, threshold))
+        if params.evaluate.export_maps:
+            export_tiffs(out / "anomaly_maps", category, data, maps)
+    write_json(metrics_path, results)
+    return results

@@ -1,0 +1,56 @@
+"""Stage ``fetch``: bring one category into ``data/raw/<category>`` from the configured source.
+
+Sources (``data.source``):
+
+* ``synthetic`` – generate the built-in dataset (:mod:`anomaly_spotter.synthetic`);
+* ``folder`` – copy ``<data.root>/<category>`` after checking its layout and images
+  (:mod:`anomaly_spotter.local_folder`);
+* ``mvtec`` – download (or read ``data.archive``) and extract MVTec AD (:mod:`anomaly_spotter.mvtec`).
+
+Every source writes the category atomically: a failed fetch leaves the previous folder (or
+none) in place. DVC then records the folder's content hash in ``dvc.lock``.
+
+Example:
+    >>> fetch_category("weave", "data/raw/weave", load_params().data)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anomaly_spotter.config import DataConfig
+from anomaly_spotter.errors import UserError
+
+
+def fetch_category(category: str, dest: str | Path, config: DataConfig) -> None:
+    """Write ``category`` to ``dest`` from ``config.source``."""
+    dest = Path(dest)
+    if config.source == "synthetic":
+        from anomaly_spotter import synthetic
+
+        if category not in synthetic.CATEGORIES:
+            raise UserError(
+                f"data.categories: {category!r} is not a built-in synthetic category; "
+                f"choose from {', '.join(synthetic.CATEGORIES)} or set data.source to folder or mvtec"
+            )
+        synthetic.generate_category(category, dest, config.synthetic)
+    elif config.source == "folder":
+        from anomaly_spotter.local_folder import import_folder_category
+
+        if not config.root:
+            raise UserError("data.source is 'folder' but data.root is empty; set it to the folder holding <category>/ sub-folders")
+        import_folder_category(Path(config.root) / category, dest, min_train_images=config.min_train_images)
+    elif config.source == "mvtec":
+        from anomaly_spotter.mvtec import check_category_names, fetch_mvtec_category
+
+        check_category_names([category])
+        fetch_mvtec_category(
+            category,
+            dest,
+            mirror=config.mirror or None,
+            archive=Path(config.archive) if config.archive else None,
+            cache_dir=Path(config.cache_dir),
+            min_train_images=config.min_train_images,
+        )
+    else:  # config validation makes this unreachable
+        raise UserError(f"data.source: unknown source {config.source!r}")

@@ -1,0 +1,338 @@
+"""Checking and listing one category folder in MVTec AD layout.
+
+The layout every source (synthetic, local folder, MVTec download) must produce::
+
+    <category>/train/good/<name>.<ext>                      defect-free training images
+    <category>/test/good/<name>.<ext>                       defect-free test images
+    <category>/test/<defect>/<name>.<ext>                   defective test images
+    <category>/ground_truth/<defect>/<name>_mask.<ext>      0 = good pixel, one value (255 or 1) = defect
+
+``<ext>`` is any of :data:`anomaly_spotter.images.IMAGE_SUFFIXES` (case-insensitive).
+
+:func:`find_problems` reports *every* problem at once (a user fixing a 400-image folder should
+not have to rerun the stage once per broken file). Each problem names the file or folder,
+relative to the category folder, and says what to do.
+
+Hidden files and folders (names starting with ``.``, e.g. ``.DS_Store`` or macOS ``._x.png``
+resource forks) and the Windows files ``Thumbs.db`` / ``desktop.ini`` are ignored: operating
+systems create them behind the user's back, so reporting them would only be noise. They are
+never listed, so the folder import does not copy them either.
+
+Example:
+    >>> from pathlib import Path
+    >>> find_problems(Path("/no/such/bottle"))
+    ['/no/such/bottle: the category folder does not exist; check the path and the category name']
+    >>> listing = list_category(Path("data/raw/bottle"))  # doctest: +SKIP
+    >>> listing.train[0], listing.test[0].label, listing.test[0].mask  # doctest: +SKIP
+    (PosixPath('data/raw/bottle/train/good/000.png'), 1, PosixPath('data/raw/bottle/ground_truth/broken_large/000_mask.png'))
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anomaly_spotter.errors import DataError
+from anomaly_spotter.images import IMAGE_SUFFIXES, image_size, read_mask_values
+
+GOOD = "good"
+MASK_SUFFIX = "_mask"
+TOP_LEVEL = ("train", "test", "ground_truth")
+# OS clutter that is skipped like dot-files (compared lower-case).
+IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
+# OpenCV releases the GIL while decoding, so a few threads keep both cores busy without
+# oversubscribing a small machine.
+CHECK_THREADS = min(4, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class TestImage:
+    """One test image: its file, label (0 good, 1 defective), defect type and mask (None for good)."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    path: Path
+    label: int
+    defect_type: str
+    mask: Path | None
+
+
+@dataclass(frozen=True)
+class CategoryListing:
+    """The image files of one category, in a deterministic (sorted) order.
+
+    ``train`` holds the images of ``train/good``; ``test`` the images of every ``test/<type>``
+    folder, sorted by type then file name.
+    """
+
+    root: Path
+    train: tuple[Path, ...]
+    test: tuple[TestImage, ...]
+
+    @property
+    def defect_types(self) -> tuple[str, ...]:
+        """Sorted defect types present in ``test/`` (``good`` excluded)."""
+        return tuple(sorted({item.defect_type for item in self.test if item.label == 1}))
+
+    def files(self) -> list[Path]:
+        """Every image and mask file of the category (what an import copies)."""
+        out = list(self.train)
+        for item in self.test:
+            out.append(item.path)
+            if item.mask is not None:
+                out.append(item.mask)
+        return out
+
+
+def is_ignored(path: Path) -> bool:
+    """True for hidden files/folders and OS clutter that validation and import skip."""
+    return path.name.startswith(".") or path.name.lower() in IGNORED_NAMES
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a file whose suffix (any case) is a supported image type."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _entries(folder: Path) -> list[Path]:
+    """Visible entries of ``folder``, sorted by name so every listing and report is deterministic."""
+    return sorted((p for p in folder.iterdir() if not is_ignored(p)), key=lambda p: p.name)
+
+
+class _Scanner:
+    """Walks a category once, collecting the listing and the structural problems."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.problems: list[str] = []
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def leaf_images(self, folder: Path, what: str) -> list[Path]:
+        """Image files directly in ``folder``; anything else there is reported."""
+        images = []
+        for entry in _entries(folder):
+            if entry.is_dir():
+                self.problems.append(f"{self.rel(entry)}/: unexpected sub-folder; {what} must lie directly in {self.rel(folder)}/, move or delete it")
+            elif not is_image_file(entry):
+                self.problems.append(
+                    f"{self.rel(entry)}: unknown file type {entry.suffix or '(no suffix)'!r}; "
+                    f"only {', '.join(sorted(IMAGE_SUFFIXES))} images are allowed, delete or convert it"
+                )
+            else:
+                images.append(entry)
+        return images
+
+    def subfolders(self, folder: Path, what: str) -> list[Path]:
+        """Sub-folders of ``folder``; files lying directly in it are reported."""
+        dirs = []
+        for entry in _entries(folder):
+            if entry.is_dir():
+                dirs.append(entry)
+            else:
+                self.problems.append(f"{self.rel(entry)}: {what}; move it into a sub-folder or delete it")
+        return dirs
+
+    def scan(self) -> CategoryListing:
+        root = self.root
+        for entry in _entries(root):
+            if entry.name not in TOP_LEVEL:
+                kind = "folder" if entry.is_dir() else "file"
+                suffix = "/" if entry.is_dir() else ""
+                self.problems.append(
+                    f"{entry.name}{suffix}: unexpected {kind}; a category holds only train/, test/ and ground_truth/, move or delete it"
+                )
+        return CategoryListing(root=root, train=tuple(self.scan_train()), test=tuple(self.scan_test()))
+
+    def scan_train(self) -> list[Path]:
+        train = self.root / "train"
+        if not (train / GOOD).is_dir():
+            self.problems.append("train/good/: folder is missing; put the defect-free training images there")
+            return []
+        for folder in self.subfolders(train, "files must be inside train/good/"):
+            if folder.name != GOOD:
+                self.problems.append(
+                    f"train/{folder.name}/: only train/good/ is used (training sees defect-free images only); "
+                    f"move these images to test/{folder.name}/ or delete the folder"
+                )
+        return self.leaf_images(train / GOOD, "training images")
+
+    def scan_masks(self) -> dict[str, dict[str, list[Path]]] | None:
+        """``{defect: {image stem: [mask files]}}``, or None when ``ground_truth/`` is missing."""
+        gt = self.root / "ground_truth"
+        if not gt.is_dir():
+            return None
+        masks: dict[str, dict[str, list[Path]]] = {}
+        for folder in self.subfolders(gt, "masks must be inside ground_truth/<defect type>/"):
+            for mask in self.leaf_images(folder, "masks"):
+                if folder.name == GOOD:
+                    self.problems.append(f"{self.rel(mask)}: a mask for a good image; good images have no masks, delete ground_truth/good/")
+                elif not mask.stem.endswith(MASK_SUFFIX):
+                    self.problems.append(
+                        f"{self.rel(mask)}: mask files must be named <image name>{MASK_SUFFIX}.png "
+                        f"(e.g. 000{MASK_SUFFIX}.png for test/{folder.name}/000.png); rename it"
+                    )
+                else:
+                    masks.setdefault(folder.name, {}).setdefault(mask.stem[: -len(MASK_SUFFIX)], []).append(mask)
+        return masks
+
+    def scan_test(self) -> list[TestImage]:
+        test = self.root / "test"
+        masks = self.scan_masks()
+        if not test.is_dir():
+            self.problems.append("test/: folder is missing; put test images in test/good/ and test/<defect type>/")
+            test_dirs: list[Path] = []
+        else:
+            test_dirs = self.subfolders(test, "test images must be inside test/good/ or test/<defect type>/")
+        items: list[TestImage] = []
+        unmasked: list[Path] = []
+        for folder in test_dirs:
+            defect = folder.name
+            label = 0 if defect == GOOD else 1
+            images = self.leaf_images(folder, "test images")
+            by_stem: dict[str, list[Path]] = {}
+            for image in images:
+                by_stem.setdefault(image.stem, []).append(image)
+            for image in images:
+                mask = None
+                if label:
+                    same_stem = by_stem[image.stem]
+                    found = (masks or {}).get(defect, {}).pop(image.stem, [])
+                    if len(same_stem) > 1:
+                        if image == same_stem[0]:  # report the clash once, not once per file
+                            self.problems.append(
+                                f"{', '.join(self.rel(p) for p in same_stem)}: images share the name {image.stem!r}, "
+                                f"so their mask ground_truth/{defect}/{image.stem}{MASK_SUFFIX}.* is ambiguous; rename all but one"
+                            )
+                    elif len(found) > 1:
+                        self.problems.append(
+                            f"{', '.join(self.rel(p) for p in found)}: several masks for {self.rel(image)}; keep only one"
+                        )
+                    elif found:
+                        mask = found[0]
+                    elif masks is not None:
+                        unmasked.append(image)
+                items.append(TestImage(path=image, label=label, defect_type=defect, mask=mask))
+        if masks is None:
+            defective = sum(item.label for item in items)
+            if defective:
+                self.problems.append(
+                    f"ground_truth/: folder is missing, so the {defective} defective test image(s) have no masks; "
+                    f"add ground_truth/<defect type>/<image name>{MASK_SUFFIX}.png for each"
+                )
+        for image in unmasked:
+            self.problems.append(
+                f"{self.rel(image)}: defective test image has no mask; add "
+                f"ground_truth/{image.parent.name}/{image.stem}{MASK_SUFFIX}.png (0 = good pixel, 255 = defect) or remove the image"
+            )
+        # Whatever the test images did not claim is a mask without an image.
+        for defect, stems in sorted((masks or {}).items()):
+            for stem, found in sorted(stems.items()):
+                for mask in found:
+                    self.problems.append(f"{self.rel(mask)}: mask without an image (no test/{defect}/{stem}.*); delete it or add the image")
+        if test.is_dir() and not items:
+            self.problems.append("test/: holds no images; add test/good/ and test/<defect type>/ images")
+        return sorted(items, key=lambda item: (item.defect_type, item.path.name))
+
+
+def list_category(category_dir: str | os.PathLike[str]) -> CategoryListing:
+    """List the images and masks of a category (sorted; no decoding).
+
+    Files that :func:`find_problems` would report (unknown types, orphan masks) are left out,
+    and a defective image without a usable mask gets ``mask=None``: call
+    :func:`validate_category` first when the listing must be complete.
+
+    >>> list_category("data/raw/bottle").defect_types  # doctest: +SKIP
+    ('broken_large', 'broken_small', 'contamination')
+    """
+    return _Scanner(Path(category_dir)).scan()
+
+
+def _decode_problem(exc: DataError, path: Path, root: Path) -> list[str]:
+    """The decoding errors of :mod:`anomaly_spotter.images`, with the path made relative to ``root``."""
+    rel = path.relative_to(root).as_posix()
+    return [problem.replace(str(path), rel, 1) for problem in exc.problems]
+
+
+def _check_image(path: Path, root: Path) -> tuple[tuple[int, int] | None, list[str]]:
+    try:
+        return image_size(path), []
+    except DataError as exc:
+        return None, _decode_problem(exc, path, root)
+
+
+def _check_test_image(item: TestImage, root: Path) -> list[str]:
+    size, problems = _check_image(item.path, root)
+    if item.mask is None:
+        return problems
+    mask_rel = item.mask.relative_to(root).as_posix()
+    try:
+        values = read_mask_values(item.mask)
+    except DataError as exc:
+        return problems + _decode_problem(exc, item.mask, root)
+    if size is not None and values.shape != size:
+        problems.append(
+            f"{mask_rel}: mask is {values.shape[0]}x{values.shape[1]} (height x width) but its image "
+            f"{item.path.relative_to(root).as_posix()} is {size[0]}x{size[1]}; masks must be the same size as their image"
+        )
+    # Binary means 0 plus at most one foreground value, so both 0/1 and 0/255 masks pass.
+    present = np.flatnonzero(np.bincount(values.ravel(), minlength=256))
+    foreground = present[present > 0]
+    if len(foreground) > 1:
+        shown = ", ".join(str(v) for v in present[:6]) + (", ..." if len(present) > 6 else "")
+        problems.append(
+            f"{mask_rel}: mask is not binary, it holds {len(present)} distinct values ({shown}); use 0 for good pixels and "
+            f"one value (255 or 1) for defects, saved as PNG (JPEG compression and smooth resizing add in-between values)"
+        )
+    return problems
+
+
+def _content_problems(listing: CategoryListing) -> list[str]:
+    """Decode every image and mask (in parallel) and check mask sizes and values."""
+    root = listing.root
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        train = pool.map(lambda path: _check_image(path, root)[1], listing.train)
+        test = pool.map(lambda item: _check_test_image(item, root), listing.test)
+        return [problem for problems in (*train, *test) for problem in problems]
+
+
+def find_problems(category_dir: str | os.PathLike[str], *, min_train_images: int = 1) -> list[str]:
+    """Every problem with the category at ``category_dir``; an empty list when it is usable.
+
+    Checks the folder structure, file types, that every image and mask decodes, that every
+    defective test image has exactly one mask of the same size holding binary values, that no
+    mask lacks an image or belongs to a good image, and that ``train/good`` holds at least
+    ``min_train_images`` images.
+
+    >>> find_problems("data/raw/bottle", min_train_images=10)  # doctest: +SKIP
+    ['ground_truth/crack/001_mask.png: mask without an image (no test/crack/001.*); delete it or add the image']
+    """
+    root = Path(category_dir)
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "the category folder does not exist"
+        return [f"{root}: {what}; check the path and the category name"]
+    scanner = _Scanner(root)
+    listing = scanner.scan()
+    problems = scanner.problems
+    if (root / "train" / GOOD).is_dir() and len(listing.train) < min_train_images:
+        problems.append(
+            f"train/good/: holds {len(listing.train)} image(s) but at least {min_train_images} are needed "
+            f"(min_train_images); add defect-free training images"
+        )
+    return problems + _content_problems(listing)
+
+
+def validate_category(category_dir: str | os.PathLike[str], *, min_train_images: int = 1) -> None:
+    """Raise :class:`DataError` listing every problem of the category, or return quietly.
+
+    >>> validate_category("data/raw/bottle", min_train_images=4)  # doctest: +SKIP
+    """
+    problems = find_problems(category_dir, min_train_images=min_train_images)
+    if problems:
+        raise DataError(problems, root=str(category_dir))
+

@@ -1,0 +1,87 @@
+"""The real `dvc` CLI over a temporary copy of the project, on tiny params.
+
+One repository is built per module and the checks run in order on it, as a user would:
+repro, repro again (nothing to do), an experiment with a changed loss weight, then comparing.
+"""
+
+import json
+
+import pytest
+
+from conftest import dvc, git, make_project
+
+pytestmark = pytest.mark.integration
+CATEGORIES = ("weave", "washer")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("pipeline") / "repo")
+    first = dvc("repro", cwd=root)
+    git("add", "-A", cwd=root)
+    git("commit", "-q", "-m", "baseline", cwd=root)
+    return root, first.stdout
+
+
+def test_repro_writes_every_output(project):
+    root, _ = project
+    for cat in CATEGORIES:
+        assert (root / "data" / "raw" / cat / "train" / "good").is_dir()
+        assert (root / "data" / "processed" / cat / "train.npy").is_file()
+        assert (root / "models" / cat / "model.pt").is_file()
+        thresholds = json.loads((root / "models" / cat / "thresholds.json").read_text())
+        assert thresholds["threshold"] == thresholds["thresholds"][thresholds["strategy"]]
+        metrics = json.loads((root / "metrics" / f"{cat}.json").read_text())
+        for key in ("image_auroc", "accuracy", "precision", "recall", "f1"):
+            assert 0.0 <= metrics[key] <= 1.0
+        roc = json.loads((root / "plots" / cat / "roc.json").read_text())["roc"]
+        assert roc[0]["fpr"] <= roc[-1]["fpr"] and {"fpr", "tpr"} <= set(roc[0])
+        assert (root / "dvclive" / "train" / cat / "metrics.json").is_file()
+    summary = json.loads((root / "metrics" / "summary.json").read_text())
+    assert set(summary["image_auroc"]) == {*CATEGORIES, "mean"}
+    lock = (root / "dvc.lock").read_text()
+    for stage in ("fetch", "preprocess", "train", "thresholds", "evaluate"):
+        for cat in CATEGORIES:
+            assert f"{stage}@{cat}:" in lock
+    assert "report:" in lock
+
+
+def test_second_repro_runs_nothing(project):
+    root, _ = project
+    again = dvc("repro", cwd=root)
+    assert "Running stage" not in again.stdout
+    assert dvc("status", cwd=root).stdout.strip() in ("Data and pipelines are up to date.", "")
+
+
+@pytest.fixture(scope="module")
+def experiment(project):
+    root, _ = project
+    result = dvc("exp", "run", "-S", "loss.ssim=0.7", "-n", "ssim07", cwd=root)
+    return root, result.stdout
+
+
+def test_exp_run_reruns_only_training_onwards(experiment):
+    _, output = experiment
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    expected = {f"{s}@{c}" for s in ("train", "thresholds", "evaluate") for c in CATEGORIES} | {"report"}
+    assert ran == expected
+
+
+def test_exp_show_lists_the_experiment_with_metrics(experiment):
+    root, _ = experiment
+    rows = json.loads(dvc("exp", "show", "--json", cwd=root).stdout)
+    names = json.dumps(rows)
+    assert "ssim07" in names
+    assert "image_auroc" in names and "metrics/summary.json" in names
+
+
+def test_metrics_and_plots_diff_between_experiments(experiment):
+    root, _ = experiment
+    diff = json.loads(dvc("metrics", "diff", "HEAD", "ssim07", "--json", cwd=root).stdout)
+    assert any(path.startswith("metrics/") for path in diff)
+    plots = json.loads(dvc("plots", "diff", "HEAD", "ssim07", "--json", cwd=root).stdout)
+    for cat in CATEGORIES:
+        roc = [key for key in plots if key.endswith(f"plots/{cat}/roc.json")]
+        assert roc, f"no ROC of {cat} in dvc plots diff: {sorted(plots)}"
+        revisions = {rev for entry in plots[roc[0]] for rev in entry.get("revisions", [])}
+        assert {"HEAD", "ssim07"} <= revisions

@@ -1,0 +1,117 @@
+"""The training loop: it learns, it is reproducible, it resumes exactly, and it fails clearly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly_spotter.config import parse_params
+from anomaly_spotter.errors import TrainingError
+from anomaly_spotter.preprocessing import load_processed, preprocess_category
+from anomaly_spotter.synthetic import generate_category
+from anomaly_spotter.training import CHECKPOINT_NAME, Trainer, load_model, train_category
+from conftest import TINY_PARAMS, deep_update
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    params = parse_params(TINY_PARAMS)
+    generate_category("weave", root / "raw", params.data.synthetic)
+    preprocess_category(root / "raw", root / "processed", params.preprocess)
+    return load_processed(root / "processed")
+
+
+def params_with(**train):
+    return parse_params(deep_update(TINY_PARAMS, {"train": {"epochs": 3, **train}}))
+
+
+def test_training_writes_a_loadable_model_and_logs(processed, tmp_path):
+    params = params_with()
+    result = train_category(processed, params, tmp_path / "model.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    assert 1 <= result.best_epoch <= 3 and np.isfinite(result.best_val_loss)
+    model, payload = load_model(tmp_path / "model.pt")  # weights_only=True inside
+    assert payload["architecture"]["base_channels"] == params.model.base_channels
+    x = torch.zeros(1, 3, 32, 32)
+    assert model(x).shape == x.shape
+    metrics = json.loads((tmp_path / "logs" / "metrics.json").read_text())
+    assert metrics["step"] == 3 and "val" in metrics and "train" in metrics
+    for name in ("train/loss", "val/loss", "train/mse", "train/ssim", "lr"):
+        assert (tmp_path / "logs" / "plots" / "metrics" / f"{name}.tsv").is_file()
+    assert (tmp_path / "logs" / "plots" / "images" / "reconstructions.png").is_file()
+
+
+def test_two_runs_give_identical_model_bytes(processed, tmp_path):
+    params = params_with(epochs=2)
+    for name in ("a", "b"):
+        train_category(processed, params, tmp_path / name / "model.pt", tmp_path / name / "ck", tmp_path / name / "logs", progress=False)
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(processed, tmp_path, monkeypatch):
+    params = params_with(epochs=3)
+    train_category(processed, params, tmp_path / "full.pt", tmp_path / "ck_full", tmp_path / "logs_full", progress=False)
+
+    calls = {"n": 0}
+    original = Trainer.train_epoch
+
+    def crash_in_third_epoch(self, epoch):
+        calls["n"] += 1
+        if epoch == 2:
+            raise RuntimeError("simulated kill")
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_third_epoch)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_category(processed, params, tmp_path / "resumed.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    assert not (tmp_path / "resumed.pt").exists()
+    assert (tmp_path / "ck" / CHECKPOINT_NAME).is_file()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    result = train_category(processed, params, tmp_path / "resumed.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    assert result.resumed_from == 2 and result.epochs_run == 1
+    assert (tmp_path / "resumed.pt").read_bytes() == (tmp_path / "full.pt").read_bytes()
+
+
+def test_checkpoint_from_other_params_is_not_resumed(processed, tmp_path, capsys):
+    train_category(processed, params_with(epochs=2), tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    # Pretend the finished checkpoint was interrupted, then change the params.
+    state = torch.load(tmp_path / "ck" / CHECKPOINT_NAME, weights_only=True)
+    state["completed"] = False
+    torch.save(state, tmp_path / "ck" / CHECKPOINT_NAME)
+    result = train_category(processed, params_with(epochs=2, lr=0.01), tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    assert result.resumed_from == 0
+    assert "other params or data; starting fresh" in capsys.readouterr().out
+
+
+def test_non_finite_loss_stops_with_epoch_and_batch_and_writes_no_model(processed, tmp_path, monkeypatch):
+    params = params_with()
+    trainer = Trainer(params, processed, checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "logs", progress=False)
+    monkeypatch.setattr(trainer.loss_fn, "forward", lambda pred, target: (pred.sum() * float("nan"), {}))
+    with pytest.raises(TrainingError, match=r"epoch 1, batch 1"):
+        trainer.fit(tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("scheduler", ["cosine", "plateau", "step", "none"])
+def test_optimizers_and_schedulers_reduce_the_loss(processed, tmp_path, optimizer, scheduler):
+    params = params_with(epochs=2, optimizer=optimizer, scheduler=scheduler, lr=0.01 if optimizer == "sgd" else 0.002, patience=2)
+    trainer = Trainer(params, processed, checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "logs", progress=False)
+    before = trainer.validate()[0]["loss"]
+    trainer.fit(tmp_path / "m.pt")
+    assert trainer.best_val < before
+
+
+def test_early_stopping(processed, tmp_path):
+    params = params_with(epochs=6, patience=1, lr=1e-9)  # nothing improves after the first epoch
+    result = train_category(processed, params, tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    assert result.epochs_run < 6
+
+
+def test_image_size_mismatch_is_reported(processed, tmp_path):
+    params = parse_params(deep_update(TINY_PARAMS, {"preprocess": {"image_size": 64}}))
+    with pytest.raises(Exception, match="preprocess.image_size"):
+        train_category(processed, params, tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+
+
