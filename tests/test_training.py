@@ -103,10 +103,18 @@ def test_optimizers_and_schedulers_reduce_the_loss(processed, tmp_path, optimize
     assert trainer.best_val < before
 
 
-def test_early_stopping(processed, tmp_path):
-    params = params_with(epochs=6, patience=1, lr=1e-9)  # nothing improves after the first epoch
+def test_early_stopping(processed, tmp_path, monkeypatch):
+    original = Trainer.validate
+    losses = iter([1.0, 0.5, 0.7, 0.8, 0.9, 1.0])  # best at epoch 2, then worse and worse
+
+    def scripted_validate(self):
+        stats, x, recon = original(self)
+        return {**stats, "loss": next(losses)}, x, recon
+
+    monkeypatch.setattr(Trainer, "validate", scripted_validate)
+    params = params_with(epochs=6, patience=2)
     result = train_category(processed, params, tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
-    assert result.epochs_run < 6
+    assert (result.epochs_run, result.best_epoch, result.best_val_loss) == (4, 2, 0.5)
 
 
 def test_image_size_mismatch_is_reported(processed, tmp_path):

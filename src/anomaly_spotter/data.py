@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, S, S, 3) or (S, S, 3) -> float32 (N, 3, S, S) / (3, S, S) in [-1, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).float()
+    tensor = torch.tensor(np.asarray(images), dtype=torch.float32)  # copies: inputs may be read-only memmaps
     tensor = tensor.movedim(-1, -3)  # channels first
     return tensor / 127.5 - 1.0
 

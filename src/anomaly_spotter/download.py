@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import lzma
@@ -36,13 +37,14 @@ import re
 import shutil
 import ssl
 import stat
+import sys
 import tarfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path, PurePosixPath
@@ -129,7 +131,7 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(self._connection, req, context=self._context)  # type: ignore[attr-defined]
 
 
-class _Retry(Exception):
+class _TransientError(Exception):
     """A transient failure: try again (after ``retry_after`` seconds when the server said so)."""
 
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
@@ -174,7 +176,7 @@ class _Transfer:
         return self.part.stat().st_size if self.part.exists() else 0
 
     def attempt(self) -> None:
-        """One request; returns when ``part`` is complete, raises :class:`_Retry` or :class:`FetchError`."""
+        """One request; returns when ``part`` is complete, raises :class:`_TransientError` or :class:`FetchError`."""
         offset = self.size()
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}  # identity: bytes as stored
         if offset:
@@ -190,9 +192,9 @@ class _Transfer:
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, ssl.SSLCertVerificationError):
                 raise FetchError(f"{self.url}: the server's TLS certificate is not trusted ({exc.reason}); check the URL") from exc
-            raise _Retry(f"cannot connect ({exc.reason})") from exc
+            raise _TransientError(f"cannot connect ({exc.reason})") from exc
         except (http.client.HTTPException, OSError) as exc:  # timeouts, resets before the headers
-            raise _Retry(f"connection failed ({exc!r})") from exc
+            raise _TransientError(f"connection failed ({exc!r})") from exc
         with response:
             self._receive(response, offset)
 
@@ -202,9 +204,9 @@ class _Transfer:
             if total == offset:
                 return  # the previous attempt had in fact received everything
             self.part.unlink(missing_ok=True)
-            raise _Retry("the server cannot resume the partial file; starting over")
+            raise _TransientError("the server cannot resume the partial file; starting over")
         if exc.code >= 500 or exc.code in RETRY_STATUS:
-            raise _Retry(f"HTTP {exc.code} {exc.reason}", _retry_after(exc.headers))
+            raise _TransientError(f"HTTP {exc.code} {exc.reason}", _retry_after(exc.headers))
         self.part.unlink(missing_ok=True)
         raise FetchError(f"{self.url}: the server answered HTTP {exc.code} {exc.reason}; check the URL (or mirror) and try again")
 
@@ -221,7 +223,7 @@ class _Transfer:
             start, total = _content_range(response.headers.get("Content-Range"))
             if start != offset:
                 self.part.unlink(missing_ok=True)
-                raise _Retry(f"the server resumed at byte {start} instead of {offset}; starting over")
+                raise _TransientError(f"the server resumed at byte {start} instead of {offset}; starting over")
             mode = "ab"
         else:  # 200: the whole file (a server that ignores Range answers this too), so start over
             offset = 0
@@ -234,10 +236,10 @@ class _Transfer:
                 try:
                     chunk = response.read(CHUNK_BYTES)
                 except (http.client.HTTPException, OSError) as exc:
-                    raise _Retry(f"connection dropped ({exc!r})") from exc
+                    raise _TransientError(f"connection dropped ({exc!r})") from exc
                 if not chunk:
                     break
-                if first and chunk.lstrip()[:16].lower().startswith(HTML_STARTS):
+                if first and chunk.lstrip().removeprefix(b"\xef\xbb\xbf")[:16].lower().startswith(HTML_STARTS):
                     out.close()
                     self.part.unlink(missing_ok=True)
                     raise _html_error(self.url, "it starts with an HTML tag")
@@ -250,10 +252,10 @@ class _Transfer:
         # http.client returns a short body without an error when the peer closes early, so the
         # length check is what detects a dropped connection.
         if total is not None and size < total:
-            raise _Retry(f"connection closed after {size} of {total} bytes")
+            raise _TransientError(f"connection closed after {size} of {total} bytes")
         if total is not None and size > total:
             self.part.unlink(missing_ok=True)
-            raise _Retry(f"received {size} bytes but the server announced {total}; starting over")
+            raise _TransientError(f"received {size} bytes but the server announced {total}; starting over")
 
 
 def download(
@@ -293,7 +295,7 @@ def download(
         try:
             transfer.attempt()
             break
-        except _Retry as exc:
+        except _TransientError as exc:
             if transfer.size() > furthest:  # progress earns a fresh retry budget
                 furthest, failures = transfer.size(), 0
             failures += 1
@@ -309,7 +311,7 @@ def download(
                 ) from exc
             wait = exc.retry_after if exc.retry_after is not None else min(backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S)
             if progress:
-                tqdm.write(f"download of {url}: {exc}; retrying in {wait:.1f} s ({failures}/{retries})")
+                tqdm.write(f"download of {url}: {exc}; retrying in {wait:.1f} s ({failures}/{retries})", file=sys.stderr)
             time.sleep(wait)
     if expected is not None:
         actual = sha256_file(transfer.part, progress=progress)
@@ -342,7 +344,7 @@ class _Member:
     open: Callable[[], IO[bytes]] | None = None
 
 
-def _tar_members(archive: Path) -> Iterator[_Member]:
+def _tar_members(archive: Path) -> Generator[_Member, None, None]:
     # Stream mode ("r|*") reads the archive once, front to back: extracting one category from
     # the 5 GB MVTec archive never seeks back through the xz stream.
     with tarfile.open(archive, mode="r|*") as tar:
@@ -357,11 +359,12 @@ def _tar_members(archive: Path) -> Iterator[_Member]:
                 kind = "hardlink"
             else:
                 kind = "special"
-            opener = (lambda info=info: tar.extractfile(info)) if kind == "file" else None
+            # extractfile() returns None only for non-files, which never get an opener.
+            opener = functools.partial(tar.extractfile, info) if kind == "file" else None
             yield _Member(info.name, kind, info.linkname, opener)  # type: ignore[arg-type]
 
 
-def _zip_members(archive: Path) -> Iterator[_Member]:
+def _zip_members(archive: Path) -> Generator[_Member, None, None]:
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             mode = info.external_attr >> 16  # Unix mode bits, when the zip was made on Unix
@@ -372,7 +375,7 @@ def _zip_members(archive: Path) -> Iterator[_Member]:
             elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):
                 yield _Member(info.filename, "special")
             else:
-                yield _Member(info.filename, "file", open=lambda info=info: zf.open(info))
+                yield _Member(info.filename, "file", open=functools.partial(zf.open, info))
 
 
 def _guarded(members: Iterator[_Member], archive: Path) -> Iterator[_Member]:
@@ -387,11 +390,15 @@ def _guarded(members: Iterator[_Member], archive: Path) -> Iterator[_Member]:
 
 
 def _damaged(archive: Path, exc: BaseException) -> FetchError:
-    return FetchError(f"{archive}: cannot read the archive ({exc}); it is damaged, truncated or not a tar/zip file. Delete it and download it again")
+    return FetchError(
+        f"{archive}: cannot read the archive ({exc}); it is damaged, truncated or not a tar/zip file. Delete it and download it again"
+    )
 
 
 def _unsafe(archive: Path, name: str, why: str) -> FetchError:
-    return FetchError(f"{archive}: refusing to extract member {name!r}: {why}. The archive is unsafe or not the expected one; nothing was extracted")
+    return FetchError(
+        f"{archive}: refusing to extract member {name!r}: {why}. The archive is unsafe or not the expected one; nothing was extracted"
+    )
 
 
 def _safe_relpath(archive: Path, name: str) -> PurePosixPath | None:
@@ -440,6 +447,8 @@ def _extract_member(archive: Path, member: _Member, rel: PurePosixPath, root: Pa
         raise _unsafe(archive, member.name, "it is a device, FIFO or other special file")
     target.parent.mkdir(parents=True, exist_ok=True)
     if member.kind == "dir":
+        if os.path.lexists(target) and not target.is_dir():
+            raise _unsafe(archive, member.name, "a file of the same name is already in the archive")
         target.mkdir(exist_ok=True)
         return
     if os.path.lexists(target):
@@ -449,15 +458,21 @@ def _extract_member(archive: Path, member: _Member, rel: PurePosixPath, root: Pa
     if member.kind == "file":
         _copy_member(archive, member, target)
     elif member.kind == "symlink":
-        if os.path.isabs(member.link) or not _is_inside(os.path.realpath(os.path.join(os.path.realpath(target.parent), member.link)), real_root):
+        if os.path.isabs(member.link) or not _is_inside(
+            os.path.realpath(os.path.join(os.path.realpath(target.parent), member.link)), real_root
+        ):
             raise _unsafe(archive, member.name, f"it is a symbolic link to {member.link!r}, outside the destination")
         os.symlink(member.link, target)
         links.append(target)
     else:  # hardlink: its target is another member, named from the archive root
-        source_rel = _safe_relpath(archive, member.link)
+        outside = _unsafe(archive, member.name, f"it is a hard link to {member.link!r}, outside the destination")
+        try:
+            source_rel = _safe_relpath(archive, member.link)
+        except FetchError:
+            raise outside from None
         source = root / source_rel if source_rel is not None else root
         if not _is_inside(os.path.realpath(source), real_root):
-            raise _unsafe(archive, member.name, f"it is a hard link to {member.link!r}, outside the destination")
+            raise outside
         if not source.is_file():
             raise _unsafe(archive, member.name, f"it is a hard link to {member.link!r}, which is not an extracted file")
         shutil.copyfile(source, target)  # a copy: extracted files never share storage with anything
@@ -506,4 +521,6 @@ def safe_extract(
         real_root = os.path.realpath(root)
         for link in links:
             if not _is_inside(os.path.realpath(link), real_root):
-                raise _unsafe(archive, link.relative_to(root).as_posix(), f"its link target {os.readlink(link)!r} leads out of the destination")
+                raise _unsafe(
+                    archive, link.relative_to(root).as_posix(), f"its link target {os.readlink(link)!r} leads out of the destination"
+                )

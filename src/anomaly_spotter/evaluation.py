@@ -142,8 +142,10 @@ def evaluate_category(
     with staging_dir(plots_dir) as plots, staging_dir(results_dir) as out:
         write_json(plots / "roc.json", {"roc": _curve_rows(m.roc_points(labels, scored.scores))})
         write_json(plots / "pr.json", {"pr": _curve_rows(m.pr_points(labels, scored.scores))})
-        vmax = float(np.quantile(scored.maps, 0.999))  # one colour scale for all rows
-        write_bytes(plots / "heatmaps.png", heatmap_grid_png(heatmap_rows(data, scored, params.evaluate.heatmap_examples), pixel_threshold=threshold, vmax=vmax))
+        # One colour scale for all rows, from the typical map value (blue) to the extreme (red).
+        vmin, vmax = (float(q) for q in np.quantile(scored.maps, (0.5, 0.999)))
+        rows = heatmap_rows(data, scored, params.evaluate.heatmap_examples)
+        write_bytes(plots / "heatmaps.png", heatmap_grid_png(rows, pixel_threshold=threshold, vmin=vmin, vmax=vmax))
         write_bytes(
             plots / "score_histogram.png",
             score_histogram_png(scored.scores[labels == 0], scored.scores[labels == 1], threshold=threshold, title=f"{category}: image scores"),

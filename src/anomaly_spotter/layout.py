@@ -118,7 +118,9 @@ class _Scanner:
         images = []
         for entry in _entries(folder):
             if entry.is_dir():
-                self.problems.append(f"{self.rel(entry)}/: unexpected sub-folder; {what} must lie directly in {self.rel(folder)}/, move or delete it")
+                self.problems.append(
+                    f"{self.rel(entry)}/: unexpected sub-folder; {what} must lie directly in {self.rel(folder)}/, move or delete it"
+                )
             elif not is_image_file(entry):
                 self.problems.append(
                     f"{self.rel(entry)}: unknown file type {entry.suffix or '(no suffix)'!r}; "
@@ -210,9 +212,7 @@ class _Scanner:
                                 f"so their mask ground_truth/{defect}/{image.stem}{MASK_SUFFIX}.* is ambiguous; rename all but one"
                             )
                     elif len(found) > 1:
-                        self.problems.append(
-                            f"{', '.join(self.rel(p) for p in found)}: several masks for {self.rel(image)}; keep only one"
-                        )
+                        self.problems.append(f"{', '.join(self.rel(p) for p in found)}: several masks for {self.rel(image)}; keep only one")
                     elif found:
                         mask = found[0]
                     elif masks is not None:
@@ -335,4 +335,3 @@ def validate_category(category_dir: str | os.PathLike[str], *, min_train_images:
     problems = find_problems(category_dir, min_train_images=min_train_images)
     if problems:
         raise DataError(problems, root=str(category_dir))
-

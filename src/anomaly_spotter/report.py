@@ -22,6 +22,8 @@ from anomaly_spotter.fileio import write_json, write_text
 # Headline metrics first in the table, in this order; other numeric metrics follow by name.
 HEADLINE = ("image_auroc", "pixel_auroc", "au_pro", "f1", "precision", "recall", "accuracy", "f1_max_oracle")
 MEAN = "mean"
+# Per-category only: a mean of thresholds or of confusion counts over categories means nothing.
+NOT_AVERAGED = frozenset({"threshold", "tp", "fp", "tn", "fn", "test_images"})
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -35,7 +37,10 @@ def summarise(per_category: dict[str, dict[str, Any]]) -> dict[str, dict[str, fl
     for name in names:
         values = {cat: _numeric(metrics)[name] for cat, metrics in per_category.items() if name in _numeric(metrics)}
         finite = [v for v in values.values() if math.isfinite(v)]
-        summary[name] = {**values, MEAN: sum(finite) / len(finite) if finite else math.nan}
+        if name in NOT_AVERAGED or not finite:
+            summary[name] = values
+        else:
+            summary[name] = {**values, MEAN: sum(finite) / len(finite)}
     return summary
 
 

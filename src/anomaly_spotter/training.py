@@ -257,9 +257,10 @@ class Trainer:
             with self._autocast():
                 recon = self.model(x)
                 loss, parts = self.loss_fn(recon.float(), x)
-            if not torch.isfinite(loss):
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
                 raise TrainingError(
-                    f"loss is {float(loss)} at epoch {epoch + 1}, batch {batch_index + 1}; "
+                    f"loss is {loss_value} at epoch {epoch + 1}, batch {batch_index + 1}; "
                     "lower train.lr, keep train.grad_clip > 0, or check the data. No model was written."
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -276,10 +277,10 @@ class Trainer:
             self.scaler.update()
             n = x.shape[0]
             count += n
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
+            sums["loss"] = sums.get("loss", 0.0) + loss_value * n
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + float(value) * n
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{loss_value:.4f}")
         return {k: v / count for k, v in sums.items()}
 
     @torch.inference_mode()

@@ -43,10 +43,12 @@ class HeatmapRow:
     mask: np.ndarray  # bool (H, W) ground truth
 
 
-def heatmap_grid_png(rows: Sequence[HeatmapRow], *, pixel_threshold: float, vmax: float) -> bytes:
+def heatmap_grid_png(rows: Sequence[HeatmapRow], *, pixel_threshold: float, vmin: float, vmax: float) -> bytes:
     """Grid of input | reconstruction | map overlay | thresholded map | ground truth per row.
 
-    The map colour scale is shared by all rows (0 to ``vmax``) so rows can be compared.
+    The map colour scale (``vmin`` to ``vmax``) is shared by all rows so rows can be compared.
+    The thresholded map marks pixels whose map value reaches the image threshold: with the
+    default top-k-mean image score, that is where the image's score comes from.
     """
     columns = ("input", "reconstruction", "anomaly map", f"map >= {pixel_threshold:.3g}", "ground truth")
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.0 * len(columns), 2.0 * len(rows)), squeeze=False)
@@ -64,7 +66,7 @@ def heatmap_grid_png(rows: Sequence[HeatmapRow], *, pixel_threshold: float, vmax
             ax.set_yticks([])
             if panel is None:
                 ax.imshow(row.image)
-                ax.imshow(row.anomaly_map, cmap="jet", alpha=0.45, vmin=0, vmax=vmax)
+                ax.imshow(row.anomaly_map, cmap="jet", alpha=0.45, vmin=vmin, vmax=vmax)
             else:
                 ax.imshow(**panel)
             if r == 0:

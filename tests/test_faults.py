@@ -1,0 +1,72 @@
+"""Surviving faults: SIGKILL mid-training resumes to the same bytes; Ctrl-C keeps the checkpoint."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from anomaly_spotter.config import parse_params
+from anomaly_spotter.preprocessing import preprocess_category
+from anomaly_spotter.synthetic import generate_category
+from anomaly_spotter.training import CHECKPOINT_NAME
+from conftest import REPO, TINY_PARAMS, deep_update, tool_env
+
+PARAMS = deep_update(TINY_PARAMS, {"train": {"epochs": 6}, "data": {"synthetic": {"train_good": 24}}})
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    params = parse_params(PARAMS)
+    generate_category("weave", root / "raw", params.data.synthetic)
+    preprocess_category(root / "raw", root / "processed", params.preprocess)
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    return root
+
+
+def train_cmd(root, name):
+    return [
+        sys.executable, str(REPO / "stages" / "train.py"), "--category", "weave", "--data", str(root / "processed"),
+        "--model", str(root / name / "model.pt"), "--checkpoints", str(root / name / "ck"), "--logs", str(root / name / "logs"),
+    ]
+
+
+def start_and_wait_for_checkpoint(root, name, timeout=120):
+    process = subprocess.Popen(train_cmd(root, name), cwd=root, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = root / name / "ck" / CHECKPOINT_NAME
+    deadline = time.monotonic() + timeout
+    while not checkpoint.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    return process
+
+
+def test_sigkill_then_rerun_resumes_and_matches_uninterrupted(workdir):
+    subprocess.run(train_cmd(workdir, "full"), cwd=workdir, env=tool_env(), check=True, capture_output=True)
+    process = start_and_wait_for_checkpoint(workdir, "killed")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (workdir / "killed" / "model.pt").exists()
+    rerun = subprocess.run(train_cmd(workdir, "killed"), cwd=workdir, env=tool_env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming from" in rerun.stdout + rerun.stderr
+    assert (workdir / "killed" / "model.pt").read_bytes() == (workdir / "full" / "model.pt").read_bytes()
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_checkpoint(workdir):
+    process = start_and_wait_for_checkpoint(workdir, "interrupted")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "interrupted during epoch" in stderr and "resumes from it" in stderr
+    assert "Traceback" not in stderr
+    assert (workdir / "interrupted" / "ck" / CHECKPOINT_NAME).is_file()
+    assert not (workdir / "interrupted" / "model.pt").exists()
+    leftovers = [p for p in (workdir / "interrupted").rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers
+
+
