@@ -79,7 +79,7 @@ def test_metrics_and_plots_diff_between_experiments(experiment):
     root, _ = experiment
     diff = json.loads(dvc("metrics", "diff", "HEAD", "ssim07", "--json", cwd=root).stdout)
     assert any(path.startswith("metrics/") for path in diff)
-    plots = json.loads(dvc("plots", "diff", "HEAD", "ssim07", "--json", cwd=root).stdout)
+    plots = json.loads(dvc("plots", "diff", "HEAD", "ssim07", "--json", cwd=root).stdout)["data"]
     for cat in CATEGORIES:
         roc = [key for key in plots if key.endswith(f"plots/{cat}/roc.json")]
         assert roc, f"no ROC of {cat} in dvc plots diff: {sorted(plots)}"

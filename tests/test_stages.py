@@ -26,7 +26,8 @@ def test_unknown_synthetic_category(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"categories": ["carpet"]}}))
     result = run_stage("fetch.py", "--category", "carpet", "--out", "data/raw/carpet", cwd=tmp_path)
     assert result.returncode == 2
-    assert "'carpet' is not a built-in synthetic category" in result.stderr
+    assert "'carpet' is not a synthetic category" in result.stderr
+    assert "valid: weave, marble, washer" in result.stderr
     assert not (tmp_path / "data" / "raw" / "carpet").exists()
 
 

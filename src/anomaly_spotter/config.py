@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import difflib
 import dataclasses
 import os
 import re
@@ -312,6 +313,23 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
         )
 
 
+def _unknown_categories(data: DataConfig) -> list[str]:
+    """Categories the chosen source cannot provide (the folder source is checked when fetching)."""
+    if data.source == "synthetic":
+        from anomaly_spotter.synthetic import CATEGORIES as known  # local: synthetic imports this module
+    elif data.source == "mvtec":
+        from anomaly_spotter.mvtec import MVTEC_CATEGORIES as known
+    else:
+        return []
+    problems = []
+    for name in data.categories:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"data.categories: {name!r} is not a {data.source} category{hint}; valid: {', '.join(known)}")
+    return problems
+
+
 def parse_params(raw: dict[str, Any] | None, category: str | None = None, source: str = "params.yaml") -> Params:
     """Validate a raw ``params.yaml`` mapping and return typed :class:`Params`.
 
@@ -335,6 +353,7 @@ def parse_params(raw: dict[str, Any] | None, category: str | None = None, source
                 problems.append(f"data.categories: {name!r} is not a valid folder name")
         if len(set(categories)) != len(categories):
             problems.append(f"data.categories: a category is listed twice: {list(categories)}")
+        problems.extend(_unknown_categories(params.data))
     base_problems = len(problems)
     merged_for_category = None
     for name, override in sorted(presets.items()):

@@ -151,7 +151,8 @@ def evaluate_category(
             score_histogram_png(scored.scores[labels == 0], scored.scores[labels == 1], threshold=threshold, title=f"{category}: image scores"),
         )
         write_bytes(out / "scores.csv", scores_csv(data, scored.scores, threshold))
-        if params.evaluate.export_maps:
-            export_tiffs(out / "anomaly_maps", category, data, maps)
+        if params.evaluate.export_maps:  # always at original size, as MVTec's script expects
+            original = maps if params.evaluate.resolution == "original" else pixel_inputs(data, Path(raw_dir), scored.maps, "original")[1]
+            export_tiffs(out / "anomaly_maps", category, data, original)
     write_json(metrics_path, results)
     return results

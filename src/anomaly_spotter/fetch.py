@@ -26,14 +26,9 @@ def fetch_category(category: str, dest: str | Path, config: DataConfig) -> None:
     """Write ``category`` to ``dest`` from ``config.source``."""
     dest = Path(dest)
     if config.source == "synthetic":
-        from anomaly_spotter import synthetic
+        from anomaly_spotter.synthetic import generate_category  # category names: checked by config
 
-        if category not in synthetic.CATEGORIES:
-            raise UserError(
-                f"data.categories: {category!r} is not a built-in synthetic category; "
-                f"choose from {', '.join(synthetic.CATEGORIES)} or set data.source to folder or mvtec"
-            )
-        synthetic.generate_category(category, dest, config.synthetic)
+        generate_category(category, dest, config.synthetic)
     elif config.source == "folder":
         from anomaly_spotter.local_folder import import_folder_category
 
@@ -41,9 +36,8 @@ def fetch_category(category: str, dest: str | Path, config: DataConfig) -> None:
             raise UserError("data.source is 'folder' but data.root is empty; set it to the folder holding <category>/ sub-folders")
         import_folder_category(Path(config.root) / category, dest, min_train_images=config.min_train_images)
     elif config.source == "mvtec":
-        from anomaly_spotter.mvtec import check_category_names, fetch_mvtec_category
+        from anomaly_spotter.mvtec import fetch_mvtec_category
 
-        check_category_names([category])
         fetch_mvtec_category(
             category,
             dest,

@@ -49,21 +49,27 @@ class ThresholdSettings(Protocol):
 
 
 def percentile_key(p: float) -> str:
-    """>>> percentile_key(99.0), percentile_key(99.5)
+    """Key of the p-th percentile threshold.
+
+    >>> percentile_key(99.0), percentile_key(99.5)
     ('percentile_99', 'percentile_99.5')
     """
     return f"percentile_{p:g}"
 
 
 def mean_std_key(k: float) -> str:
-    """>>> mean_std_key(3.0)
+    """Key of the mean + k·std threshold.
+
+    >>> mean_std_key(3.0)
     'mean_std_3'
     """
     return f"mean_std_{k:g}"
 
 
 def iqr_key(k: float) -> str:
-    """>>> iqr_key(1.5)
+    """Key of the Q3 + k·IQR threshold.
+
+    >>> iqr_key(1.5)
     'iqr_1.5'
     """
     return f"iqr_{k:g}"
