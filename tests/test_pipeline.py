@@ -5,6 +5,7 @@ repro, repro again (nothing to do), an experiment with a changed loss weight, th
 """
 
 import json
+import time
 
 import pytest
 
@@ -85,3 +86,21 @@ def test_metrics_and_plots_diff_between_experiments(experiment):
         assert roc, f"no ROC of {cat} in dvc plots diff: {sorted(plots)}"
         revisions = {rev for entry in plots[roc[0]] for rev in entry.get("revisions", [])}
         assert {"HEAD", "ssim07"} <= revisions
+
+
+def test_queued_sweep_runs_two_experiments_in_parallel(experiment):
+    root, _ = experiment
+    for weight in ("0.3", "0.9"):
+        dvc("exp", "run", "--queue", "-S", f"loss.ssim={weight}", "-n", f"sweep-ssim-{weight}", cwd=root)
+    dvc("queue", "start", "-j", "2", cwd=root)
+    deadline = time.monotonic() + 600
+    while True:
+        status = dvc("queue", "status", cwd=root).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    dvc("queue", "stop", cwd=root, check=False)
+    assert status.count("Success") == 2, status
+    shown = dvc("exp", "show", "--json", cwd=root).stdout
+    assert "sweep-ssim-0.3" in shown and "sweep-ssim-0.9" in shown

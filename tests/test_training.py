@@ -123,3 +123,27 @@ def test_image_size_mismatch_is_reported(processed, tmp_path):
         train_category(processed, params, tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
 
 
+
+
+def test_cuda_out_of_memory_names_the_batch_size(processed, tmp_path, monkeypatch):
+    def out_of_memory(self, epoch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train_epoch", out_of_memory)
+    with pytest.raises(TrainingError, match=r"train.batch_size=4; try `dvc exp run -S train.batch_size=2`"):
+        train_category(processed, params_with(), tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_security_models_load_with_weights_only(processed, tmp_path):
+    train_category(processed, params_with(epochs=1), tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    # A pickle that would run code on load is refused by weights_only=True.
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"state_dict": {}, "architecture": Exploit()}, tmp_path / "evil.pt", pickle_module=pickle)
+    with pytest.raises(pickle.UnpicklingError):
+        load_model(tmp_path / "evil.pt")

@@ -194,11 +194,23 @@ def threshold_names(config: ThresholdsConfig) -> list[str]:
     >>> threshold_names(ThresholdsConfig())
     ['percentile_95', 'percentile_99', 'mean_std_3', 'iqr_1.5']
     """
-    return [f"percentile_{p:g}" for p in config.percentiles] + [f"mean_std_{config.std_k:g}", f"iqr_{config.iqr_k:g}"]
+    from anomaly_spotter.thresholds import iqr_key, mean_std_key, percentile_key  # the one naming scheme
+
+    return [percentile_key(p) for p in config.percentiles] + [mean_std_key(config.std_k), iqr_key(config.iqr_k)]
 
 
 # Sections a preset may override: everything that shapes one category's model and its scoring.
 PRESET_SECTIONS = ("preprocess", "augment", "model", "loss", "train", "score", "thresholds", "evaluate")
+
+
+# Scalar annotation -> (accepts a YAML value?, how the error message calls it, conversion).
+# bool is excluded from the numbers on purpose: YAML's `yes`/`true` must not pass as 1.
+_SCALARS: dict[type, tuple[Any, str, Any]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false", bool),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", int),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number", float),
+    str: (lambda v: isinstance(v, str), "a string", str),
+}
 
 
 def _type_name(tp: Any) -> str:
@@ -220,26 +232,12 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
             return None
         items = [_convert(v, item_tp, f"{key}[{i}]", problems) for i, v in enumerate(value)]
         return tuple(items)
-    if tp is bool:
-        if not isinstance(value, bool):
-            problems.append(f"{key}: expected true or false, got {value!r}")
+    if tp in _SCALARS:
+        accepts, expected, convert = _SCALARS[tp]
+        if not accepts(value):
+            problems.append(f"{key}: expected {expected}, got {value!r}")
             return None
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{key}: expected an integer, got {value!r}")
-            return None
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{key}: expected a number, got {value!r}")
-            return None
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            problems.append(f"{key}: expected a string, got {value!r}")
-            return None
-        return value
+        return convert(value)
     raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module, not user input
 
 

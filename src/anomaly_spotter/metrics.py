@@ -352,7 +352,8 @@ def au_pro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, fpr_limit
     normal.partition(kth)  # in place; the selection is O(N), unlike a full sort
     v_cross = normal[kth]
     above = normal[kth:]
-    above = np.sort(above[above > v_cross])  # defect-free scores of the fully covered steps
+    above = above[above > v_cross]  # defect-free scores of the fully covered steps (a copy)
+    above.sort()
     n_tied = int(np.count_nonzero(normal == v_cross))
     del normal
 
