@@ -69,7 +69,7 @@ def bench_category(category: str) -> None:
     from anomaly_spotter.evaluation import compute_metrics, pixel_inputs
     from anomaly_spotter.preprocessing import load_processed
     from anomaly_spotter.scoring import score_images
-    from anomaly_spotter.training import load_model
+    from anomaly_spotter.model import load_model
 
     params = load_params(ROOT / "params.yaml", category)
     data = load_processed(ROOT / "data" / "processed" / category)

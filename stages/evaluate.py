@@ -9,7 +9,7 @@ from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
 from anomaly_spotter.evaluation import evaluate_category
 from anomaly_spotter.preprocessing import load_processed
-from anomaly_spotter.training import load_model
+from anomaly_spotter.model import load_model
 
 
 def main(argv=None):

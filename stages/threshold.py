@@ -8,7 +8,7 @@ from anomaly_spotter.fileio import write_json
 from anomaly_spotter.preprocessing import load_processed
 from anomaly_spotter.scoring import score_images
 from anomaly_spotter.thresholds import threshold_report
-from anomaly_spotter.training import load_model
+from anomaly_spotter.model import load_model
 
 
 def main(argv=None):

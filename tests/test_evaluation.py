@@ -14,7 +14,8 @@ from anomaly_spotter.report import summarise, write_report
 from anomaly_spotter.scoring import score_images
 from anomaly_spotter.synthetic import generate_category
 from anomaly_spotter.thresholds import threshold_report
-from anomaly_spotter.training import load_model, train_category
+from anomaly_spotter.model import load_model
+from anomaly_spotter.training import train_category
 from conftest import TINY_PARAMS, deep_update
 
 

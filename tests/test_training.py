@@ -10,7 +10,8 @@ from anomaly_spotter.config import parse_params
 from anomaly_spotter.errors import TrainingError
 from anomaly_spotter.preprocessing import load_processed, preprocess_category
 from anomaly_spotter.synthetic import generate_category
-from anomaly_spotter.training import CHECKPOINT_NAME, Trainer, load_model, train_category
+from anomaly_spotter.model import load_model
+from anomaly_spotter.training import CHECKPOINT_NAME, Trainer, train_category
 from conftest import TINY_PARAMS, deep_update
 
 

@@ -26,9 +26,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from anomaly_spotter.errors import UserError
 
 DOWNSAMPLINGS = 3  # the input side must be divisible by 2**3
 
@@ -120,3 +124,20 @@ class AutoencoderUNetLite(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[AutoencoderUNetLite, dict[str, Any]]:
+    """Rebuild a trained model from ``models/<category>/model.pt`` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing; run `dvc repro` (or `dvc pull`) to create it")
+    payload = torch.load(path, map_location=device, weights_only=True)
+    arch = payload["architecture"]
+    model = AutoencoderUNetLite(
+        base_channels=arch["base_channels"],
+        bottleneck_channels=arch["bottleneck_channels"],
+        skips=tuple(arch["skips"]),
+        image_size=arch["image_size"],
+    )
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), payload

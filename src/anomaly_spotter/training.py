@@ -41,7 +41,7 @@ from anomaly_spotter.data import ImageDataset, to_uint8
 from anomaly_spotter.errors import TrainingError, UserError
 from anomaly_spotter.fileio import atomic_open
 from anomaly_spotter.losses import CombinedLoss
-from anomaly_spotter.model import AutoencoderUNetLite
+from anomaly_spotter.model import AutoencoderUNetLite, load_model  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from anomaly_spotter.preprocessing import ProcessedCategory
@@ -80,23 +80,6 @@ def build_model(params: Params) -> AutoencoderUNetLite:
         skips=m.skips,
         image_size=params.preprocess.image_size,
     )
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[AutoencoderUNetLite, dict[str, Any]]:
-    """Rebuild a trained model from ``models/<category>/model.pt`` (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} is missing; run `dvc repro` (or `dvc pull`) to create it")
-    payload = torch.load(path, map_location=device, weights_only=True)
-    arch = payload["architecture"]
-    model = AutoencoderUNetLite(
-        base_channels=arch["base_channels"],
-        bottleneck_channels=arch["bottleneck_channels"],
-        skips=tuple(arch["skips"]),
-        image_size=arch["image_size"],
-    )
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), payload
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
