@@ -234,7 +234,7 @@ class Trainer:
         self.train_set.set_epoch(epoch)
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(self._loader(self.train_set, epoch, shuffle=True), desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, disable=not self.progress)
+        bar = tqdm(self._loader(self.train_set, epoch, shuffle=True), desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, disable=None if self.progress else True)  # None: no bar when not a terminal
         for batch_index, batch in enumerate(bar):
             x = self._to_device(batch)  # (B, 3, S, S) in [-1, 1]
             with self._autocast():
