@@ -2,6 +2,8 @@
 
 import _bootstrap  # noqa: F401  (workspace src/ first)
 
+from pathlib import Path
+
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
 from anomaly_spotter.report import write_report
@@ -14,8 +16,8 @@ def main(argv=None):
     parser.add_argument("--table", required=True, help="summary Markdown to write")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    summary = write_report(params.data.categories, args.metrics, args.out, args.table)
-    print(open(args.table, encoding="utf-8").read() if summary else "")
+    write_report(params.data.categories, args.metrics, args.out, args.table)
+    print(Path(args.table).read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,18 @@ def make_project(dest: Path, params_override: dict | None = None) -> Path:
     return dest
 
 
+def make_processed(root: Path, raw_params: dict, category: str = "weave") -> Path:
+    """Generate a synthetic category under ``root/raw`` and preprocess it into ``root/processed``."""
+    from anomaly_spotter.config import parse_params
+    from anomaly_spotter.preprocessing import preprocess_category
+    from anomaly_spotter.synthetic import generate_category
+
+    params = parse_params(raw_params)
+    generate_category(category, root / "raw", params.data.synthetic)
+    preprocess_category(root / "raw", root / "processed", params.preprocess)
+    return root / "processed"
+
+
 @pytest.fixture
 def tiny_params():
     from anomaly_spotter.config import parse_params

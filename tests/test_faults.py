@@ -8,11 +8,8 @@ import time
 import pytest
 import yaml
 
-from anomaly_spotter.config import parse_params
-from anomaly_spotter.preprocessing import preprocess_category
-from anomaly_spotter.synthetic import generate_category
 from anomaly_spotter.training import CHECKPOINT_NAME
-from conftest import REPO, TINY_PARAMS, deep_update, tool_env
+from conftest import REPO, TINY_PARAMS, deep_update, make_processed, tool_env
 
 PARAMS = deep_update(TINY_PARAMS, {"train": {"epochs": 6}, "data": {"synthetic": {"train_good": 24}}})
 
@@ -20,9 +17,7 @@ PARAMS = deep_update(TINY_PARAMS, {"train": {"epochs": 6}, "data": {"synthetic":
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    params = parse_params(PARAMS)
-    generate_category("weave", root / "raw", params.data.synthetic)
-    preprocess_category(root / "raw", root / "processed", params.preprocess)
+    make_processed(root, PARAMS)
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     return root
 

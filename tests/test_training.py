@@ -8,20 +8,15 @@ import torch
 
 from anomaly_spotter.config import parse_params
 from anomaly_spotter.errors import TrainingError
-from anomaly_spotter.preprocessing import load_processed, preprocess_category
-from anomaly_spotter.synthetic import generate_category
+from anomaly_spotter.preprocessing import load_processed
 from anomaly_spotter.model import load_model
 from anomaly_spotter.training import CHECKPOINT_NAME, Trainer, train_category
-from conftest import TINY_PARAMS, deep_update
+from conftest import TINY_PARAMS, deep_update, make_processed
 
 
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    params = parse_params(TINY_PARAMS)
-    generate_category("weave", root / "raw", params.data.synthetic)
-    preprocess_category(root / "raw", root / "processed", params.preprocess)
-    return load_processed(root / "processed")
+    return load_processed(make_processed(tmp_path_factory.mktemp("data"), TINY_PARAMS))
 
 
 def params_with(**train):
