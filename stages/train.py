@@ -1,11 +1,17 @@
-"""Stage train: fit the autoencoder of one category; resumes from its checkpoint when killed."""
+"""Stage train: fit one category's detector; resumes from its checkpoint when killed.
+
+With ``train.processes > 1`` it relaunches itself under ``torch.distributed.run`` (DDP); under
+``torchrun`` it joins the process group the launcher describes.
+"""
 
 import _bootstrap  # noqa: F401  (workspace src/ first)
 
+import sys
 from pathlib import Path
 
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
+from anomaly_spotter.distributed import launched_by_torchrun, relaunch
 from anomaly_spotter.preprocessing import load_processed
 from anomaly_spotter.training import train_category
 
@@ -18,8 +24,11 @@ def main(argv=None):
     parser.add_argument("--logs", required=True, help="DVCLive folder")
     args = parser.parse_args(argv)
     params = load_params(args.params, args.category)
+    if params.train.processes > 1 and not launched_by_torchrun():
+        sys.exit(relaunch(params.train.processes, [__file__, *(sys.argv[1:] if argv is None else argv)]))
     result = train_category(load_processed(args.data), params, Path(args.model), Path(args.checkpoints), Path(args.logs))
-    print(f"{args.category}: best validation loss {result.best_val_loss:.5f} at epoch {result.best_epoch}")
+    if result.written:
+        print(f"{args.category}: best validation loss {result.best_val_loss:.5f} at epoch {result.best_epoch}")
 
 
 if __name__ == "__main__":

@@ -38,10 +38,12 @@ def test_repro_writes_every_output(project):
         roc = json.loads((root / "plots" / cat / "roc.json").read_text())["roc"]
         assert roc[0]["fpr"] <= roc[-1]["fpr"] and {"fpr", "tpr"} <= set(roc[0])
         assert (root / "dvclive" / "train" / cat / "metrics.json").is_file()
+        exported = json.loads((root / "metrics" / f"{cat}_export.json").read_text())
+        assert (root / "models" / cat / "model.onnx").is_file() and exported["onnx_max_abs_diff_map"] <= 1e-4
     summary = json.loads((root / "metrics" / "summary.json").read_text())
     assert set(summary["image_auroc"]) == {*CATEGORIES, "mean"}
     lock = (root / "dvc.lock").read_text()
-    for stage in ("fetch", "preprocess", "train", "thresholds", "evaluate"):
+    for stage in ("fetch", "preprocess", "train", "thresholds", "evaluate", "export"):
         for cat in CATEGORIES:
             assert f"{stage}@{cat}:" in lock
     assert "report:" in lock
@@ -64,7 +66,7 @@ def experiment(project):
 def test_exp_run_reruns_only_training_onwards(experiment):
     _, output = experiment
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    expected = {f"{s}@{c}" for s in ("train", "thresholds", "evaluate") for c in CATEGORIES} | {"report"}
+    expected = {f"{s}@{c}" for s in ("train", "thresholds", "evaluate", "export") for c in CATEGORIES} | {"report"}
     assert ran == expected
 
 

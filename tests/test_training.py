@@ -143,3 +143,43 @@ def test_security_models_load_with_weights_only(processed, tmp_path):
     torch.save({"state_dict": {}, "architecture": Exploit()}, tmp_path / "evil.pt", pickle_module=pickle)
     with pytest.raises(pickle.UnpicklingError):
         load_model(tmp_path / "evil.pt")
+
+
+DISCRIMINATIVE = {"model": {"kind": "discriminative", "head_channels": 4, "head_depth": 2}, "anomalies": {"probability": 0.5}}
+
+
+def test_discriminative_training_saves_a_detector_that_scores_with_its_head(processed, tmp_path):
+    from anomaly_spotter.model import DiscriminativeDetector
+    from anomaly_spotter.scoring import score_images
+
+    params = parse_params(deep_update(TINY_PARAMS, {**DISCRIMINATIVE, "train": {"epochs": 2}}))
+    train_category(processed, params, tmp_path / "model.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    model, payload = load_model(tmp_path / "model.pt")
+    assert isinstance(model, DiscriminativeDetector)
+    assert payload["architecture"]["kind"] == "discriminative" and payload["architecture"]["head_channels"] == 4
+    recon, logits = model(torch.zeros(2, 3, 32, 32))
+    assert recon.shape == (2, 3, 32, 32) and logits.shape == (2, 1, 32, 32)
+    for name in ("train/focal", "train/dice", "val/focal", "val/dice"):  # the head's losses are logged
+        assert (tmp_path / "logs" / "plots" / "metrics" / f"{name}.tsv").is_file(), name
+    scored = score_images(model, processed.test, params.score)  # score.map auto -> the head's map
+    assert scored.maps.shape == (len(processed.test), 32, 32)
+    assert 0.0 <= scored.maps.min() and scored.maps.max() <= 1.0
+
+
+def test_defect_removal_training_targets_the_clean_image(processed):
+    """With anomalies on, the dataset gives (corrupted input, clean target, mask), reproducibly."""
+    from anomaly_spotter.data import AnomalyDataset
+    from anomaly_spotter.training import anomaly_generator
+
+    params = parse_params(deep_update(TINY_PARAMS, {"anomalies": {"probability": 1.0}}))
+    dataset = AnomalyDataset(processed.train, seed=0, generator=anomaly_generator(params.anomalies))
+    plain = AnomalyDataset(processed.train, seed=0)
+    x, target, mask = dataset[1]
+    assert torch.equal(target, plain[1][1])  # the target is the clean image
+    changed = (x != target).any(dim=0)
+    assert mask.sum() > 0 and not changed[mask[0] == 0].any()  # only masked pixels differ
+    again = dataset[1]
+    assert all(torch.equal(a, b) for a, b in zip((x, target, mask), again))
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[1][2], mask)  # a new epoch draws a new anomaly
+    assert anomaly_generator(parse_params(TINY_PARAMS).anomalies) is None  # probability 0: off

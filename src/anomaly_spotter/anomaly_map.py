@@ -10,6 +10,7 @@ there, so a reconstruction that overshoots the range cannot produce unbounded er
 * ``l2`` – squared error averaged over channels, in [0, 1].
 * ``ssim`` – ``1 - SSIM`` averaged over channels, from :func:`kornia.metrics.ssim` (Gaussian
   window, sigma 1.5, ``same`` padding), in [0, 2] (0 = identical neighbourhoods).
+* ``head`` – (discriminative models) the segmentation head's sigmoid output, see :func:`head_map`.
 * ``combined`` – ``w * (1 - SSIM) / 2 + (1 - w) * l2`` with ``w = combined_ssim_weight``. Both
   terms are divided by their *fixed* maximum so each lies in [0, 1]; no data-dependent (per
   image or per batch) normalisation is used, because that would make a good image's map look as
@@ -119,10 +120,29 @@ def anomaly_map(
         w = float(combined_ssim_weight)
         maps = w * 0.5 * dssim() + (1.0 - w) * l2()
 
-    if smoothing_sigma > 0:
-        k = gaussian_kernel_size(smoothing_sigma)
-        maps = gaussian_blur2d(maps.unsqueeze(1), (k, k), (float(smoothing_sigma), float(smoothing_sigma)), border_type="replicate").squeeze(1)
+    return smooth(maps, smoothing_sigma)
+
+
+def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (N, H, W) maps (``sigma`` px, 0 = none), borders replicated; float32 out."""
+    if sigma > 0:
+        k = gaussian_kernel_size(sigma)
+        maps = gaussian_blur2d(maps.unsqueeze(1), (k, k), (float(sigma), float(sigma)), border_type="replicate").squeeze(1)
     return maps.float().contiguous()
+
+
+def head_map(logits: torch.Tensor, *, smoothing_sigma: float = 4.0) -> torch.Tensor:
+    """Anomaly probability maps (N, H, W) in [0, 1] from a segmentation head's logits (N, 1, H, W).
+
+    >>> import torch
+    >>> head_map(torch.zeros(2, 1, 8, 8), smoothing_sigma=0).unique().tolist()
+    [0.5]
+    """
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or logits.shape[1] != 1:
+        raise ValueError(f"logits must be a (N, 1, H, W) tensor; got {getattr(logits, 'shape', type(logits).__name__)}")
+    if not (math.isfinite(smoothing_sigma) and smoothing_sigma >= 0.0):
+        raise ValueError(f"smoothing_sigma must be a finite number >= 0 (0 disables); got {smoothing_sigma!r}")
+    return smooth(torch.sigmoid(logits.float())[:, 0], smoothing_sigma)
 
 
 def topk_count(num_pixels: int, topk_percent: float) -> int:

@@ -15,7 +15,7 @@ Example:
     Traceback (most recent call last):
     ...
     anomaly_spotter.errors.ConfigError: params.yaml has 1 problem(s):
-      - loss.ssmi: unknown key (valid keys: edge, l1, mse, perceptual, ssim, vgg_weights)
+      - loss.ssmi: unknown key (valid keys: dice, edge, focal, l1, mse, perceptual, ssim, vgg_weights)
 """
 
 from __future__ import annotations
@@ -97,13 +97,34 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``AutoencoderUNetLite`` shape; see :mod:`anomaly_spotter.model`."""
+    """The detector; see :mod:`anomaly_spotter.model` and :mod:`anomaly_spotter.discriminative`."""
 
+    # reconstruction: the autoencoder alone, scored by its reconstruction error.
+    # discriminative: autoencoder + a segmentation head trained on synthetic anomalies (DRAEM).
+    kind: str = field(default="reconstruction", metadata=_choices("reconstruction", "discriminative"))
     base_channels: int = field(default=32, metadata=_range(4, 256))
     bottleneck_channels: int = field(default=512, metadata=_range(8, 4096))
     # Skip connections used, by level (1 = full resolution ... 3 = 1/4 resolution). Empty by
     # default: with skips the decoder copies defects through and detection collapses.
     skips: tuple[int, ...] = ()
+    head_channels: int = field(default=16, metadata=_range(4, 256))  # discriminative head width
+    head_depth: int = field(default=3, metadata=_range(1, 5))  # discriminative head downsamplings
+
+
+@dataclass(frozen=True)
+class AnomaliesConfig:
+    """Synthetic anomalies pasted on training images (see :mod:`anomaly_spotter.synthetic_anomalies`).
+
+    With ``probability > 0`` the autoencoder learns to output the clean image from a corrupted
+    one (defect removal), and the discriminative head learns the pasted mask.
+    """
+
+    probability: float = field(default=0.0, metadata=_range(0.0, 1.0))  # chance per training image
+    mask: str = field(default="perlin", metadata=_choices("perlin", "blobs", "mixed"))
+    sources: tuple[str, ...] = ("patches", "jitter", "rotate", "texture")
+    opacity_min: float = field(default=0.15, metadata=_range(0.0, 1.0, lo_open=True))
+    opacity_max: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
+    foreground_only: bool = True  # paste on the object, not the background (object categories)
 
 
 @dataclass(frozen=True)
@@ -115,6 +136,8 @@ class LossConfig:
     ssim: float = field(default=1.0, metadata=_range(0.0))
     perceptual: float = field(default=0.0, metadata=_range(0.0))
     edge: float = field(default=0.0, metadata=_range(0.0))
+    focal: float = field(default=1.0, metadata=_range(0.0))  # discriminative head: focal loss on the mask
+    dice: float = field(default=1.0, metadata=_range(0.0))  # discriminative head: Dice loss on the mask
     vgg_weights: str = ""  # perceptual: path to VGG16 ImageNet weights; empty = torchvision's cache
 
 
@@ -139,13 +162,17 @@ class TrainConfig:
     num_threads: int = field(default=0, metadata=_range(0))  # 0 = all cores
     sample_every: int = field(default=5, metadata=_range(0))  # epochs between logged reconstructions
     num_workers: int = field(default=0, metadata=_range(0))
+    # Data-parallel processes on this machine (DDP: gloo on CPU, NCCL with one GPU each);
+    # batch_size stays the global batch. See anomaly_spotter.distributed.
+    processes: int = field(default=1, metadata=_range(1, 1024))
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     """Anomaly map and image score (shared by ``thresholds`` and ``evaluate``)."""
 
-    map: str = field(default="ssim", metadata=_choices("l2", "ssim", "combined"))
+    # auto: head for model.kind discriminative, ssim for reconstruction.
+    map: str = field(default="auto", metadata=_choices("auto", "l2", "ssim", "combined", "head"))
     ssim_window: int = field(default=11, metadata=_range(3, 63))
     combined_ssim_weight: float = field(default=0.5, metadata=_range(0.0, 1.0))
     smoothing_sigma: float = field(default=4.0, metadata=_range(0.0, 64.0))
@@ -181,11 +208,23 @@ class Params:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    anomalies: AnomaliesConfig = field(default_factory=AnomaliesConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def map_kind(params: Params) -> str:
+    """The anomaly map actually used: ``score.map`` with ``auto`` resolved from ``model.kind``.
+
+    >>> map_kind(Params()), map_kind(parse_params({"model": {"kind": "discriminative"}, "anomalies": {"probability": 0.5}}))
+    ('ssim', 'head')
+    """
+    if params.score.map != "auto":
+        return params.score.map
+    return "head" if params.model.kind == "discriminative" else "ssim"
 
 
 def threshold_names(config: ThresholdsConfig) -> list[str]:
@@ -200,7 +239,7 @@ def threshold_names(config: ThresholdsConfig) -> list[str]:
 
 
 # Sections a preset may override: everything that shapes one category's model and its scoring.
-PRESET_SECTIONS = ("preprocess", "augment", "model", "loss", "train", "score", "thresholds", "evaluate")
+PRESET_SECTIONS = ("preprocess", "augment", "model", "anomalies", "loss", "train", "score", "thresholds", "evaluate")
 
 
 # Scalar annotation -> (accepts a YAML value?, how the error message calls it, conversion).
@@ -280,11 +319,16 @@ def _build(cls: Any, raw: dict[str, Any], prefix: str, problems: list[str]) -> A
         return None
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in, key by key at every level (neither is modified).
+
+    >>> deep_merge({"train": {"epochs": 10, "lr": 0.002}}, {"train": {"epochs": 3}})
+    {'train': {'epochs': 3, 'lr': 0.002}}
+    """
     merged = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -300,6 +344,27 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
     weights = params.loss
     if weights.mse + weights.l1 + weights.ssim + weights.perceptual + weights.edge <= 0:
         problems.append(f"{prefix}loss: at least one of mse, l1, ssim, perceptual, edge must be > 0")
+    discriminative = params.model.kind == "discriminative"
+    if discriminative and params.anomalies.probability <= 0:
+        problems.append(f"{prefix}anomalies.probability: model.kind discriminative learns from synthetic anomalies; set it > 0 (e.g. 0.5)")
+    if discriminative and weights.focal + weights.dice <= 0:
+        problems.append(f"{prefix}loss: model.kind discriminative needs focal or dice > 0")
+    if params.score.map == "head" and not discriminative:
+        problems.append(f"{prefix}score.map: 'head' needs model.kind discriminative (or use auto, ssim, l2, combined)")
+    from anomaly_spotter.synthetic_anomalies import SOURCE_KINDS  # local: keeps config import light
+
+    for name in params.anomalies.sources:
+        if name not in SOURCE_KINDS:
+            problems.append(f"{prefix}anomalies.sources: {name!r} is not one of {', '.join(SOURCE_KINDS)}")
+    if not params.anomalies.sources:
+        problems.append(f"{prefix}anomalies.sources: list at least one of {', '.join(SOURCE_KINDS)}")
+    if params.anomalies.opacity_min > params.anomalies.opacity_max:
+        problems.append(f"{prefix}anomalies: opacity_min {params.anomalies.opacity_min} is above opacity_max {params.anomalies.opacity_max}")
+    if params.train.batch_size % params.train.processes:
+        problems.append(
+            f"{prefix}train.batch_size: {params.train.batch_size} is the global batch and must be divisible by "
+            f"train.processes ({params.train.processes})"
+        )
     for p in params.thresholds.percentiles:
         if not 0 < p < 100:
             problems.append(f"{prefix}thresholds.percentiles: {p} is not in (0, 100)")
@@ -364,7 +429,7 @@ def parse_params(raw: dict[str, Any] | None, category: str | None = None, source
         if base_problems:
             continue  # the defaults are broken already; each preset would repeat those messages
         count = len(problems)
-        merged = _build(Params, _deep_merge(raw, {k: v for k, v in override.items() if k in PRESET_SECTIONS}), f"{key}: ", problems)
+        merged = _build(Params, deep_merge(raw, {k: v for k, v in override.items() if k in PRESET_SECTIONS}), f"{key}: ", problems)
         if merged is not None and len(problems) == count:
             _cross_checks(merged, f"{key}: ", problems)
         if name == category:
@@ -405,7 +470,9 @@ def to_dict(value: Any) -> Any:
 
 
 __all__ = [
+    "AnomaliesConfig",
     "AugmentConfig",
+    "deep_merge",
     "DataConfig",
     "EvaluateConfig",
     "LossConfig",
@@ -417,6 +484,7 @@ __all__ = [
     "ThresholdsConfig",
     "TrainConfig",
     "load_params",
+    "map_kind",
     "threshold_names",
     "parse_params",
     "to_dict",

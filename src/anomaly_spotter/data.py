@@ -54,9 +54,46 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def augmented(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 (S, S, 3), augmented with this epoch's draw."""
         image = np.asarray(self.images[index])
         if self.transform is not None:
             self.transform.set_random_seed(sample_seed(self.seed, self.epoch, index))
             image = self.transform(image=image)["image"]
-        return to_tensor(image)
+        return image
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_tensor(self.augmented(index))
+
+
+class AnomalyDataset(ImageDataset):
+    """Training triples ``(input, target, mask)`` for defect-removal training.
+
+    Each image is augmented, then, with the generator's probability, gets a synthetic anomaly
+    (:class:`anomaly_spotter.synthetic_anomalies.AnomalyGenerator`, sources drawn from the same
+    images). ``input`` is the corrupted image, ``target`` the clean one (both (3, S, S) in
+    [-1, 1]) and ``mask`` float32 (1, S, S) marks the pasted pixels. Without a generator,
+    ``input`` is ``target`` and the mask is empty: plain clean -> clean training.
+
+    The anomaly of sample ``index`` in epoch ``e`` is a pure function of ``(seed, e, index)``,
+    like the augmentation, so resumed and multi-worker runs see the same data.
+
+    >>> ds = AnomalyDataset(np.zeros((4, 8, 8, 3), np.uint8))
+    >>> [tuple(t.shape) for t in ds[0]]
+    [(3, 8, 8), (3, 8, 8), (1, 8, 8)]
+    """
+
+    def __init__(self, images: np.ndarray, transform=None, seed: int = 0, generator=None) -> None:
+        super().__init__(images, transform, seed)
+        self.generator = generator
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        image = self.augmented(index)
+        clean = to_tensor(image)  # (3, S, S)
+        if self.generator is None:
+            return clean, clean, torch.zeros(1, *clean.shape[1:])
+        # A separate stream from the augmentation's, so turning anomalies on or off leaves the
+        # augmentation of every sample unchanged.
+        rng = np.random.default_rng([sample_seed(self.seed, self.epoch, index), 1])
+        anomaly = self.generator(image, self.images, rng)
+        return to_tensor(anomaly.image), clean, torch.from_numpy(np.ascontiguousarray(anomaly.mask, dtype=np.float32))[None]

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from anomaly_spotter.errors import UserError
+
+if TYPE_CHECKING:
+    from anomaly_spotter.config import ModelConfig
 
 DOWNSAMPLINGS = 3  # the input side must be divisible by 2**3
 
@@ -126,18 +129,77 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[AutoencoderUNetLite, dict[str, Any]]:
-    """Rebuild a trained model from ``models/<category>/model.pt`` (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} is missing; run `dvc repro` (or `dvc pull`) to create it")
-    payload = torch.load(path, map_location=device, weights_only=True)
-    arch = payload["architecture"]
-    model = AutoencoderUNetLite(
+class DiscriminativeDetector(nn.Module):
+    """DRAEM-style detector: the autoencoder removes anomalies, a segmentation head finds them.
+
+    ``forward(x)`` returns ``(reconstruction, logits)``: (N, 3, S, S) in [-1, 1] and the
+    head's anomaly logits (N, 1, S, S) from the input and its reconstruction side by side.
+
+    >>> from anomaly_spotter.discriminative import SegmentationHead
+    >>> detector = DiscriminativeDetector(AutoencoderUNetLite(8, 16, image_size=32), SegmentationHead(4, 2))
+    >>> [tuple(t.shape) for t in detector(torch.zeros(2, 3, 32, 32))]
+    [(2, 3, 32, 32), (2, 1, 32, 32)]
+    """
+
+    def __init__(self, reconstructor: AutoencoderUNetLite, head: nn.Module) -> None:
+        super().__init__()
+        self.reconstructor = reconstructor
+        self.head = head
+        self.image_size = reconstructor.image_size
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        reconstruction = self.reconstructor(x)  # (N, 3, S, S)
+        return reconstruction, self.head(x, reconstruction)  # logits (N, 1, S, S)
+
+
+AnomalyModel = AutoencoderUNetLite | DiscriminativeDetector
+
+
+def split_output(output: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(reconstruction, logits or None)`` from either model's ``forward`` output."""
+    if isinstance(output, (tuple, list)):
+        return output[0], output[1]
+    return output, None
+
+
+def architecture(config: ModelConfig, image_size: int) -> dict[str, Any]:
+    """What :func:`model_from_architecture` needs, stored in ``model.pt`` so the file rebuilds itself."""
+    arch: dict[str, Any] = {
+        "kind": config.kind,
+        "base_channels": config.base_channels,
+        "bottleneck_channels": config.bottleneck_channels,
+        "skips": list(config.skips),
+        "image_size": image_size,
+    }
+    if config.kind == "discriminative":
+        arch.update(head_channels=config.head_channels, head_depth=config.head_depth)
+    return arch
+
+
+def model_from_architecture(arch: dict[str, Any]) -> AnomalyModel:
+    """The (untrained) model an :func:`architecture` dict describes."""
+    reconstructor = AutoencoderUNetLite(
         base_channels=arch["base_channels"],
         bottleneck_channels=arch["bottleneck_channels"],
         skips=tuple(arch["skips"]),
         image_size=arch["image_size"],
     )
+    kind = arch.get("kind")
+    if kind == "reconstruction":
+        return reconstructor
+    if kind != "discriminative":
+        raise UserError(f"unknown model kind {kind!r} in a model file; it was written by another version, retrain it with `dvc repro`")
+    from anomaly_spotter.discriminative import SegmentationHead
+
+    return DiscriminativeDetector(reconstructor, SegmentationHead(arch["head_channels"], arch["head_depth"]))
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[AnomalyModel, dict[str, Any]]:
+    """Rebuild a trained model from ``models/<category>/model.pt`` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing; run `dvc repro` (or `dvc pull`) to create it")
+    payload = torch.load(path, map_location=device, weights_only=True)
+    model = model_from_architecture(payload["architecture"])
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), payload

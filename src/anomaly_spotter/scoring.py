@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from anomaly_spotter.anomaly_map import anomaly_map, image_scores
+from anomaly_spotter.anomaly_map import anomaly_map, head_map, image_scores
 from anomaly_spotter.config import ScoreConfig
 from anomaly_spotter.data import to_tensor, to_uint8
+from anomaly_spotter.model import split_output
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,40 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def resolve_map_kind(kind: str, has_head: bool) -> str:
+    """``score.map`` with ``auto`` resolved: the head's map when the model has one, else 1 - SSIM.
+
+    >>> resolve_map_kind("auto", True), resolve_map_kind("auto", False), resolve_map_kind("l2", True)
+    ('head', 'ssim', 'l2')
+    """
+    if kind == "auto":
+        return "head" if has_head else "ssim"
+    if kind == "head" and not has_head:
+        raise ValueError("score.map is 'head' but this model has no segmentation head (model.kind reconstruction)")
+    return kind
+
+
+def output_maps(images: torch.Tensor, output: torch.Tensor | tuple[torch.Tensor, torch.Tensor], config: ScoreConfig) -> torch.Tensor:
+    """Anomaly maps (N, S, S) from images (N, 3, S, S) and the model's ``forward`` output.
+
+    The one place that turns a model output into maps: the ``thresholds``, ``evaluate`` and
+    ``export`` stages and ``predict`` all call it, so they cannot disagree.
+    """
+    reconstruction, logits = split_output(output)
+    kind = resolve_map_kind(config.map, logits is not None)
+    if kind == "head":
+        assert logits is not None
+        return head_map(logits, smoothing_sigma=config.smoothing_sigma)
+    return anomaly_map(
+        images,
+        reconstruction,
+        kind=kind,
+        ssim_window=config.ssim_window,
+        combined_ssim_weight=config.combined_ssim_weight,
+        smoothing_sigma=config.smoothing_sigma,
+    )
+
+
 @torch.inference_mode()
 def score_images(model: torch.nn.Module, images: np.ndarray, config: ScoreConfig) -> ScoredImages:
     """Reconstruct uint8 (N, S, S, 3) ``images`` and score them as ``config`` says."""
@@ -42,15 +77,9 @@ def score_images(model: torch.nn.Module, images: np.ndarray, config: ScoreConfig
     maps, scores, recons = [], [], []
     for start in range(0, len(images), config.batch_size):
         x = to_tensor(np.asarray(images[start : start + config.batch_size])).to(device)  # (B, 3, S, S)
-        recon = model(x)
-        batch_maps = anomaly_map(
-            x,
-            recon,
-            kind=config.map,
-            ssim_window=config.ssim_window,
-            combined_ssim_weight=config.combined_ssim_weight,
-            smoothing_sigma=config.smoothing_sigma,
-        )  # (B, S, S)
+        output = model(x)
+        recon, _ = split_output(output)
+        batch_maps = output_maps(x, output, config)  # (B, S, S)
         scores.append(image_scores(batch_maps, reduction=config.image_score, topk_percent=config.topk_percent).double().cpu().numpy())
         maps.append(batch_maps.float().cpu().numpy())
         recons.append(to_uint8(recon))

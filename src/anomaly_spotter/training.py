@@ -1,4 +1,14 @@
-"""Stage ``train``: fit one autoencoder per category, reproducibly, and survive interruptions.
+"""Stage ``train``: fit one detector per category, reproducibly, and survive interruptions.
+
+What is trained (``params.yaml`` ``model`` and ``anomalies``):
+
+* ``model.kind: reconstruction`` – the autoencoder alone. With ``anomalies.probability > 0``
+  it learns *defect removal*: its input carries a synthetic anomaly
+  (:mod:`anomaly_spotter.synthetic_anomalies`), its target is the clean image, so at test time
+  it paints over real defects and the reconstruction error shows them.
+* ``model.kind: discriminative`` – the same autoencoder plus a segmentation head
+  (:mod:`anomaly_spotter.discriminative`) that sees input and reconstruction and learns the
+  pasted mask (focal + Dice, ``loss.focal`` / ``loss.dice``), trained jointly (DRAEM).
 
 What a reader should know:
 
@@ -12,6 +22,9 @@ What a reader should know:
   random depends on process state. A checkpoint made with other params or data is ignored.
 * A non-finite loss or gradient stops training with an error naming the epoch and batch; no
   model file is written then.
+* Under ``torchrun`` (or ``train.processes > 1``) the same loop runs data-parallel with DDP;
+  see :mod:`anomaly_spotter.distributed` for how it stays equivalent to one process. Only
+  rank 0 writes checkpoints, logs and the model.
 
 Example:
     >>> result = train_category(processed, params, model_path, checkpoint_dir, log_dir)  # doctest: +SKIP
@@ -35,13 +48,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from anomaly_spotter import distributed
 from anomaly_spotter.augment import build_augmentations
-from anomaly_spotter.config import Params, TrainConfig, to_dict
-from anomaly_spotter.data import ImageDataset, to_uint8
+from anomaly_spotter.config import AnomaliesConfig, Params, TrainConfig, to_dict
+from anomaly_spotter.data import AnomalyDataset, to_uint8
+from anomaly_spotter.discriminative import SegmentationLoss
 from anomaly_spotter.errors import TrainingError, UserError
 from anomaly_spotter.fileio import atomic_open
 from anomaly_spotter.losses import CombinedLoss
-from anomaly_spotter.model import AutoencoderUNetLite, load_model  # noqa: F401  (re-exported)
+from anomaly_spotter.model import AnomalyModel, architecture, load_model, model_from_architecture, split_output  # noqa: F401  (load_model re-exported)
+from anomaly_spotter.synthetic_anomalies import AnomalyGenerator
 
 if TYPE_CHECKING:
     from anomaly_spotter.preprocessing import ProcessedCategory
@@ -71,14 +87,22 @@ def seed_everything(seed: int, num_threads: int = 0) -> None:
     torch.set_num_threads(num_threads or os.cpu_count() or 1)
 
 
-def build_model(params: Params) -> AutoencoderUNetLite:
+def build_model(params: Params) -> AnomalyModel:
     """The model described by ``params.model`` at ``params.preprocess.image_size``."""
-    m = params.model
-    return AutoencoderUNetLite(
-        base_channels=m.base_channels,
-        bottleneck_channels=m.bottleneck_channels,
-        skips=m.skips,
-        image_size=params.preprocess.image_size,
+    return model_from_architecture(architecture(params.model, params.preprocess.image_size))
+
+
+def anomaly_generator(config: AnomaliesConfig) -> AnomalyGenerator | None:
+    """The synthetic-anomaly generator ``params.anomalies`` describes; None when switched off."""
+    if config.probability <= 0:
+        return None
+    return AnomalyGenerator(
+        probability=config.probability,
+        mask_kind=config.mask,
+        sources=config.sources,
+        opacity_min=config.opacity_min,
+        opacity_max=config.opacity_max,
+        foreground_only=config.foreground_only,
     )
 
 
@@ -104,7 +128,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
 def fingerprint(params: Params, data: ProcessedCategory) -> str:
     """Hash of everything that shapes training: a checkpoint is resumed only when it matches."""
     h = hashlib.sha256()
-    relevant = {k: to_dict(getattr(params, k)) for k in ("preprocess", "augment", "model", "loss", "train")}
+    relevant = {k: to_dict(getattr(params, k)) for k in ("preprocess", "augment", "model", "anomalies", "loss", "train")}
     h.update(json.dumps(relevant, sort_keys=True).encode())
     for name in ("train.npy", "val.npy", "index.json"):
         h.update(hashlib.md5((data.root / name).read_bytes()).digest())
@@ -128,6 +152,7 @@ class TrainResult:
     best_epoch: int
     best_val_loss: float
     resumed_from: int  # epoch the run resumed after (0 = fresh start)
+    written: bool = True  # False on DDP ranks other than 0, which write nothing
 
 
 class Trainer:
@@ -140,20 +165,37 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME
         self.log_dir = Path(log_dir)
         self.progress = progress
-        seed_everything(self.config.seed, self.config.num_threads)
         self.device = select_device(self.config.device)
+        self.context = distributed.from_environment(self.device)  # rank 0 of 1 unless under torchrun
+        if self.device.type == "cuda" and self.context.enabled:
+            self.device = torch.device("cuda", self.context.local_rank)
+            torch.cuda.set_device(self.device)
+        # CPU ranks share the cores: each gets its part, or they would all oversubscribe them.
+        threads = self.config.num_threads or os.cpu_count() or 1
+        seed_everything(self.config.seed, max(1, threads // self.context.world_size) if self.device.type == "cpu" else threads)
         self.model = build_model(params).to(self.device)
         if self.device.type == "cpu":
             # channels_last runs these convolutions about 1.5x faster on CPU (bench/train_speed.py).
             self.model = self.model.to(memory_format=torch.channels_last)
+        # What training calls: the model itself, or its DDP wrapper that averages gradients over
+        # ranks. Saving, validation and checkpoints use self.model (the same parameters).
+        self.train_model: torch.nn.Module = self.model
+        if self.context.enabled:
+            self.model = distributed.convert_batchnorm(self.model, self.device)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.loss_fn = CombinedLoss(params.loss).to(self.device)
+        self.segmentation_loss = SegmentationLoss(focal_weight=params.loss.focal, dice_weight=params.loss.dice) if params.model.kind == "discriminative" else None
         self.optimizer = make_optimizer(self.model, self.config)
         self.scheduler = make_scheduler(self.optimizer, self.config)
         self.use_amp = self.config.amp and self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
-        self.train_set = ImageDataset(data.train, build_augmentations(params.augment), seed=self.config.seed)
-        self.val_set = ImageDataset(data.val)
+        generator = anomaly_generator(params.anomalies)
+        self.train_set = AnomalyDataset(data.train, build_augmentations(params.augment), seed=self.config.seed, generator=generator)
+        # Validation pastes anomalies too (always the epoch-0 draw, so every epoch sees the same
+        # ones): its loss then measures the training objective, defect removal included.
+        self.val_set = AnomalyDataset(data.val, seed=self.config.seed, generator=generator)
         self.fingerprint = fingerprint(params, data)
         self.start_epoch = 0
         self.best_val = math.inf
@@ -206,22 +248,28 @@ class Trainer:
         return f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}"
 
     # -- one epoch --------------------------------------------------------------------------
+    def _loss(self, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Reconstruction loss against the clean ``target`` (+ the head's mask loss); also the reconstruction."""
+        recon, logits = split_output(model(x))
+        loss, parts = self.loss_fn(recon.float(), target)
+        if self.segmentation_loss is not None and logits is not None:
+            segmentation, segmentation_parts = self.segmentation_loss(logits.float(), mask)
+            loss = loss + segmentation
+            parts = {**parts, **segmentation_parts}
+        return loss, parts, recon
+
     def _autocast(self):
         if self.use_amp:
             return torch.autocast("cuda", dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
-    def _loader(self, dataset: ImageDataset, epoch: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        return DataLoader(
-            dataset,
-            batch_size=self.config.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.config.num_workers,
-            pin_memory=self.device.type == "cuda",
-            drop_last=False,
-        )
+    def _loader(self, dataset: AnomalyDataset, epoch: int, shuffle: bool) -> DataLoader:
+        """Training: this rank's share of the epoch's seeded global batches. Validation: in order, whole."""
+        if not shuffle:
+            return DataLoader(dataset, batch_size=self.config.batch_size, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
+        sampler = distributed.RankBatchSampler(len(dataset), batch_size=self.config.batch_size, seed=self.config.seed, context=self.context)
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, non_blocking=True)
@@ -234,18 +282,25 @@ class Trainer:
         self.train_set.set_epoch(epoch)
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(self._loader(self.train_set, epoch, shuffle=True), desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, disable=None if self.progress else True)  # None: no bar when not a terminal
+        show_bar = None if self.progress and self.context.is_main else True  # None: no bar when not a terminal
+        bar = tqdm(self._loader(self.train_set, epoch, shuffle=True), desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, disable=show_bar)
         for batch_index, batch in enumerate(bar):
-            x = self._to_device(batch)  # (B, 3, S, S) in [-1, 1]
+            x, target, mask = (self._to_device(t) for t in batch)  # (B, 3, S, S) x2 in [-1, 1], (B, 1, S, S)
+            n = x.shape[0]
             with self._autocast():
-                recon = self.model(x)
-                loss, parts = self.loss_fn(recon.float(), x)
+                loss, parts, _ = self._loss(self.train_model, x, target, mask)
             loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
+            # All ranks decide on the global batch's loss, so they stop (or go on) together.
+            global_loss, global_count = distributed.all_reduce_sums({"loss": loss_value * n}, n, self.context)
+            if not math.isfinite(global_loss["loss"]):
                 raise TrainingError(
-                    f"loss is {loss_value} at epoch {epoch + 1}, batch {batch_index + 1}; "
+                    f"loss is {global_loss['loss'] / global_count} at epoch {epoch + 1}, batch {batch_index + 1}; "
                     "lower train.lr, keep train.grad_clip > 0, or check the data. No model was written."
                 )
+            if self.context.enabled:
+                # DDP averages gradients over ranks; weighting by this rank's share of the global
+                # batch makes that average the gradient of the global batch's mean loss.
+                loss = loss * (n * self.context.world_size / global_count)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -258,12 +313,12 @@ class Trainer:
                 )
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            n = x.shape[0]
             count += n
             sums["loss"] = sums.get("loss", 0.0) + loss_value * n
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + float(value) * n
             bar.set_postfix(loss=f"{loss_value:.4f}")
+        sums, count = distributed.all_reduce_sums(sums, count, self.context)
         return {k: v / count for k, v in sums.items()}
 
     @torch.inference_mode()
@@ -274,10 +329,9 @@ class Trainer:
         count = 0
         first: tuple[torch.Tensor, torch.Tensor] | None = None
         for batch in self._loader(self.val_set, 0, shuffle=False):
-            x = self._to_device(batch)
+            x, target, mask = (self._to_device(t) for t in batch)
             with self._autocast():
-                recon = self.model(x)
-            loss, parts = self.loss_fn(recon.float(), x)
+                loss, parts, recon = self._loss(self.model, x, target, mask)
             n = x.shape[0]
             count += n
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
@@ -292,16 +346,21 @@ class Trainer:
     def fit(self, model_path: Path) -> TrainResult:
         from dvclive import Live  # deferred: dvclive imports a lot, and only training logs
 
+        say = tqdm.write if self.context.is_main else _quiet
         message = self.try_resume()
         if message:
-            tqdm.write(message)
+            say(message)
         resumed_from = self.start_epoch
-        live = Live(
-            str(self.log_dir),
-            resume=resumed_from > 0,
-            dvcyaml=False,  # metrics and plots are declared in dvc.yaml by hand
-            save_dvc_exp=False,  # no stray experiments from inside a stage
-            report=None,
+        live = (
+            Live(
+                str(self.log_dir),
+                resume=resumed_from > 0,
+                dvcyaml=False,  # metrics and plots are declared in dvc.yaml by hand
+                save_dvc_exp=False,  # no stray experiments from inside a stage
+                report=None,
+            )
+            if self.context.is_main
+            else _NoLogs()
         )
         epoch = self.start_epoch
         try:
@@ -329,13 +388,14 @@ class Trainer:
                     live.log_image("reconstructions.png", _sample_grid(sample_in, sample_out))
                 stop_early = self.config.patience > 0 and self.stale_epochs >= self.config.patience
                 last_epoch = epoch + 1 == self.config.epochs or stop_early
-                self.save_checkpoint(epoch + 1, completed=last_epoch)
-                tqdm.write(
+                if self.context.is_main:
+                    self.save_checkpoint(epoch + 1, completed=last_epoch)
+                say(
                     f"epoch {epoch + 1}/{self.config.epochs}: train {train_stats['loss']:.5f} "
                     f"val {val_stats['loss']:.5f}{' *' if improved else ''} lr {lr:.2e}"
                 )
                 if stop_early:
-                    tqdm.write(f"early stopping: no validation improvement for {self.config.patience} epochs")
+                    say(f"early stopping: no validation improvement for {self.config.patience} epochs")
                     break
         except KeyboardInterrupt:
             live.end()
@@ -352,23 +412,39 @@ class Trainer:
         live.summary["best_epoch"] = self.best_epoch
         live.summary["best_val_loss"] = self.best_val
         live.end()
-        m = self.params.model
+        if not self.context.is_main:
+            return TrainResult(epoch + 1 - resumed_from, self.best_epoch, self.best_val, resumed_from, written=False)
         _save_torch(
             model_path,
             {
                 "state_dict": self.best_state,
-                "architecture": {
-                    "kind": "AutoencoderUNetLite",
-                    "base_channels": m.base_channels,
-                    "bottleneck_channels": m.bottleneck_channels,
-                    "skips": list(m.skips),
-                    "image_size": self.params.preprocess.image_size,
-                },
+                "architecture": architecture(self.params.model, self.params.preprocess.image_size),
                 "best_epoch": self.best_epoch,
                 "best_val_loss": self.best_val,
             },
         )
         return TrainResult(epoch + 1 - resumed_from, self.best_epoch, self.best_val, resumed_from)
+
+
+def _quiet(message: str) -> None:
+    """Where non-zero ranks print to: nowhere (rank 0 reports for all)."""
+
+
+class _NoLogs:
+    """What non-zero ranks log to: nothing (only rank 0 writes DVCLive files)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.summary: dict[str, Any] = {}
+
+    def log_metric(self, name: str, value: float) -> None:
+        pass
+
+    def log_image(self, name: str, image: np.ndarray) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
 
 
 def _sample_grid(inputs: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
@@ -385,5 +461,8 @@ def train_category(data: ProcessedCategory, params: Params, model_path: Path, ch
             f"{data.root} holds {data.image_size}px images but preprocess.image_size is "
             f"{params.preprocess.image_size}; run `dvc repro` so preprocess runs again"
         )
-    trainer = Trainer(params, data, checkpoint_dir=checkpoint_dir, log_dir=log_dir, progress=progress)
-    return trainer.fit(Path(model_path))
+    try:
+        trainer = Trainer(params, data, checkpoint_dir=checkpoint_dir, log_dir=log_dir, progress=progress)
+        return trainer.fit(Path(model_path))
+    finally:
+        distributed.shutdown()  # leaves the process group (if any) even when training failed

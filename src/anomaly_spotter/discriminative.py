@@ -1,0 +1,152 @@
+"""The DRAEM-style discriminative half: a segmentation head and its focal + Dice loss.
+
+The reconstruction autoencoder (:mod:`anomaly_spotter.model`) turns an image into its
+"normal" version; :class:`SegmentationHead` looks at both side by side and predicts, per pixel,
+whether the two differ because of a defect. It is trained on synthetic anomalies
+(:mod:`anomaly_spotter.synthetic_anomalies`) with :class:`SegmentationLoss`.
+
+Shapes for a 128 px input, ``base_channels=16``, ``depth=3``::
+
+    image, reconstruction  (N, 3, 128, 128) each, in [-1, 1]
+    x        (N, 6, 128, 128)    concat(image, reconstruction)
+    enc0     (N, 16, 128, 128)   double conv
+    enc1     (N, 32, 64, 64)     maxpool + double conv
+    enc2     (N, 64, 32, 32)     maxpool + double conv
+    bottom   (N, 128, 16, 16)    maxpool + double conv
+    dec2     (N, 64, 32, 32)     bilinear x2 + enc2 skip + double conv
+    dec1     (N, 32, 64, 64)     bilinear x2 + enc1 skip + double conv
+    dec0     (N, 16, 128, 128)   bilinear x2 + enc0 skip + double conv
+    logits   (N, 1, 128, 128)    conv1x1, no activation
+
+About 0.49 M parameters. Unlike the autoencoder this head keeps every skip connection: it must
+localise defects to the pixel, and it cannot "copy the defect away" the way an autoencoder can.
+
+Example:
+    >>> import torch
+    >>> head = SegmentationHead()
+    >>> image = torch.zeros(2, 3, 64, 64)
+    >>> logits = head(image, image)
+    >>> logits.shape
+    torch.Size([2, 1, 64, 64])
+    >>> loss, parts = SegmentationLoss()(logits, torch.zeros(2, 64, 64))
+    >>> sorted(parts)
+    ['dice', 'focal']
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomaly_spotter.model import double_conv
+
+
+class SegmentationHead(nn.Module):
+    """Small U-Net: input concat(image, reconstruction) (N, 6, S, S) in [-1,1] -> logits (N, 1, S, S).
+
+    Args:
+        base_channels: channels of the full-resolution level; they double at each downsampling.
+        depth: number of downsamplings (the bottleneck is at 1 / 2**depth resolution). Any side
+            of at least 2**depth pixels works: upsampled features are resized to their skip's size.
+    """
+
+    def __init__(self, base_channels: int = 16, depth: int = 3) -> None:
+        super().__init__()
+        if isinstance(base_channels, bool) or not isinstance(base_channels, int) or base_channels < 1:
+            raise ValueError(f"base_channels must be a positive integer, got {base_channels!r}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        self.depth = depth
+        channels = [base_channels * 2**level for level in range(depth + 1)]  # last: the bottleneck
+        self.encoders = nn.ModuleList(double_conv(6 if level == 0 else channels[level - 1], channels[level]) for level in range(depth))
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = double_conv(channels[depth - 1], channels[depth])
+        # decoders[level] takes the upsampled level + 1 features and the level's skip.
+        self.decoders = nn.ModuleList(double_conv(channels[level + 1] + channels[level], channels[level]) for level in range(depth))
+        self.head = nn.Conv2d(channels[0], 1, 1)
+
+    def check_inputs(self, image: torch.Tensor, reconstruction: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless both are float (N, 3, S, S) of the same shape, S >= 2**depth."""
+        for name, tensor in (("image", image), ("reconstruction", reconstruction)):
+            if tensor.dim() != 4:
+                raise ValueError(f"{name} must be a batch (N, 3, S, S), got rank {tensor.dim()} shape {tuple(tensor.shape)}")
+            if tensor.shape[1] != 3:
+                raise ValueError(f"{name} must have 3 (RGB) channels, got {tensor.shape[1]}")
+            if not tensor.is_floating_point():
+                raise ValueError(f"{name} must be a float tensor in [-1, 1], got {tensor.dtype}")
+        if image.shape != reconstruction.shape:
+            raise ValueError(f"image and reconstruction must have the same shape, got {tuple(image.shape)} and {tuple(reconstruction.shape)}")
+        if min(image.shape[2:]) < 2**self.depth:
+            raise ValueError(f"images must be at least {2**self.depth} px per side for depth {self.depth}, got {image.shape[2]}x{image.shape[3]}")
+
+    def forward(self, image: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(image, reconstruction)
+        x = torch.cat([image, reconstruction], dim=1)  # (N, 6, S, S)
+        skips = []
+        for level, encoder in enumerate(self.encoders):
+            x = encoder(x if level == 0 else self.pool(x))  # (N, c * 2**level, S / 2**level, ...)
+            skips.append(x)
+        x = self.bottleneck(self.pool(x))  # (N, c * 2**depth, S / 2**depth, ...)
+        for level in reversed(range(self.depth)):
+            skip = skips[level]
+            # Resizing to the skip's exact size (not a fixed x2) handles sides that are not
+            # multiples of 2**depth, where max pooling rounded down.
+            x = F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=False)
+            x = self.decoders[level](torch.cat([x, skip], dim=1))  # (N, c * 2**level, ...)
+        return self.head(x)  # (N, 1, S, S) raw logits
+
+
+class SegmentationLoss(nn.Module):
+    """focal (gamma=2, optional alpha) + Dice on the anomaly mask; returns (loss, {"focal": float, "dice": float}).
+
+    * Focal: ``mean(alpha_t * (1 - p_t)**gamma * BCE)`` over all pixels, with BCE computed from
+      the logits (``binary_cross_entropy_with_logits``) and ``p_t = exp(-BCE)``, so it stays
+      finite for any logit. ``focal_alpha`` weights the anomalous class (``1 - alpha`` the normal
+      one); ``None`` weights both by 1.
+    * Dice: ``1 - (2 * sum(p * m) + eps) / (sum(p) + sum(m) + eps)`` over the whole batch at once
+      with ``p = sigmoid(logits)``; per-image Dice would be undefined for the many good images
+      (empty masks), batch Dice is ~0 when an empty mask meets a confident-negative prediction.
+
+    Total: ``focal_weight * focal + dice_weight * dice``.
+    """
+
+    def __init__(self, focal_gamma: float = 2.0, dice_weight: float = 1.0, focal_alpha: float | None = None, dice_smooth: float = 1.0, focal_weight: float = 1.0) -> None:
+        super().__init__()
+        if focal_weight < 0:
+            raise ValueError(f"focal_weight must be >= 0, got {focal_weight!r}")
+        if focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma!r}")
+        if dice_weight < 0:
+            raise ValueError(f"dice_weight must be >= 0, got {dice_weight!r}")
+        if focal_alpha is not None and not 0.0 <= focal_alpha <= 1.0:
+            raise ValueError(f"focal_alpha must be None or in [0, 1], got {focal_alpha!r}")
+        if dice_smooth <= 0:
+            raise ValueError(f"dice_smooth must be > 0, got {dice_smooth!r}")
+        self.focal_weight = float(focal_weight)
+        self.focal_gamma = float(focal_gamma)
+        self.dice_weight = float(dice_weight)
+        self.focal_alpha = focal_alpha
+        self.dice_smooth = float(dice_smooth)
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``logits`` (N, 1, S, S) raw; ``mask`` (N, 1, S, S) or (N, S, S) in {0, 1}."""
+        if logits.dim() != 4 or logits.shape[1] != 1:
+            raise ValueError(f"logits must be (N, 1, S, S), got {tuple(logits.shape)}")
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(1)  # (N, S, S) -> (N, 1, S, S)
+        if mask.shape != logits.shape:
+            raise ValueError(f"mask must be (N, 1, S, S) or (N, S, S) matching logits {tuple(logits.shape)}, got {tuple(mask.shape)}")
+        logits = logits.float()  # half-precision logits would overflow in exp / sums
+        target = mask.to(dtype=logits.dtype, device=logits.device)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (N, 1, S, S)
+        p_true = torch.exp(-bce)  # probability given to the correct class
+        focal_map = (1.0 - p_true).pow(self.focal_gamma) * bce
+        if self.focal_alpha is not None:
+            focal_map = (self.focal_alpha * target + (1.0 - self.focal_alpha) * (1.0 - target)) * focal_map
+        focal = focal_map.mean()
+        probability = torch.sigmoid(logits)
+        overlap = (probability * target).sum()
+        dice = 1.0 - (2.0 * overlap + self.dice_smooth) / (probability.sum() + target.sum() + self.dice_smooth)
+        total = self.focal_weight * focal + self.dice_weight * dice
+        return total, {"focal": float(focal.detach()), "dice": float(dice.detach())}
