@@ -50,6 +50,7 @@ bench: setup
 	python bench/preprocess_speed.py
 	python bench/startup.py
 	python bench/pipeline.py
+	python bench/ablation.py
 
 clean-venv:
 	rm -rf $(VENV) node_modules build

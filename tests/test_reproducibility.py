@@ -1,6 +1,8 @@
 """Byte-identical reruns and the collaboration round trip, through the real dvc CLI."""
 
+import json
 import shutil
+import sys
 
 import pytest
 import yaml
@@ -53,4 +55,9 @@ def test_push_clone_pull_round_trip(reproduced, tmp_path):
     again = dvc("repro", cwd=clone)
     assert "Running stage" not in again.stdout
     assert (clone / "models" / "marble" / "model.pt").read_bytes() == (root / "models" / "marble" / "model.pt").read_bytes()
+    # The pulled model judges new images in the clone (predict reads model, threshold, params).
+    judged = run([sys.executable, "-m", "anomaly_spotter.predict", "--category", "marble", "data/raw/marble/test"], cwd=clone)
+    results = [json.loads(line) for line in (clone / "predictions" / "marble" / "predictions.jsonl").read_text().splitlines()]
+    assert len(results) == len(list((clone / "data" / "raw" / "marble" / "test").rglob("*.png"))) and "anomalous" in judged.stdout
+    assert {"score", "threshold", "anomalous", "heatmap"} <= set(results[0])
     shutil.rmtree(clone)

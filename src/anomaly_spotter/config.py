@@ -111,6 +111,11 @@ class ModelConfig:
     head_depth: int = field(default=3, metadata=_range(1, 5))  # discriminative head downsamplings
 
 
+# What synthetic anomalies look like (anomaly_spotter.synthetic_anomalies takes its names from here).
+ANOMALY_MASKS = ("perlin", "blobs", "mixed")
+ANOMALY_SOURCES = ("patches", "jitter", "rotate", "texture")
+
+
 @dataclass(frozen=True)
 class AnomaliesConfig:
     """Synthetic anomalies pasted on training images (see :mod:`anomaly_spotter.synthetic_anomalies`).
@@ -120,8 +125,8 @@ class AnomaliesConfig:
     """
 
     probability: float = field(default=0.0, metadata=_range(0.0, 1.0))  # chance per training image
-    mask: str = field(default="perlin", metadata=_choices("perlin", "blobs", "mixed"))
-    sources: tuple[str, ...] = ("patches", "jitter", "rotate", "texture")
+    mask: str = field(default="perlin", metadata=_choices(*ANOMALY_MASKS))
+    sources: tuple[str, ...] = ANOMALY_SOURCES
     opacity_min: float = field(default=0.15, metadata=_range(0.0, 1.0, lo_open=True))
     opacity_max: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     foreground_only: bool = True  # paste on the object, not the background (object categories)
@@ -351,13 +356,11 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
         problems.append(f"{prefix}loss: model.kind discriminative needs focal or dice > 0")
     if params.score.map == "head" and not discriminative:
         problems.append(f"{prefix}score.map: 'head' needs model.kind discriminative (or use auto, ssim, l2, combined)")
-    from anomaly_spotter.synthetic_anomalies import SOURCE_KINDS  # local: keeps config import light
-
     for name in params.anomalies.sources:
-        if name not in SOURCE_KINDS:
-            problems.append(f"{prefix}anomalies.sources: {name!r} is not one of {', '.join(SOURCE_KINDS)}")
+        if name not in ANOMALY_SOURCES:
+            problems.append(f"{prefix}anomalies.sources: {name!r} is not one of {', '.join(ANOMALY_SOURCES)}")
     if not params.anomalies.sources:
-        problems.append(f"{prefix}anomalies.sources: list at least one of {', '.join(SOURCE_KINDS)}")
+        problems.append(f"{prefix}anomalies.sources: list at least one of {', '.join(ANOMALY_SOURCES)}")
     if params.anomalies.opacity_min > params.anomalies.opacity_max:
         problems.append(f"{prefix}anomalies: opacity_min {params.anomalies.opacity_min} is above opacity_max {params.anomalies.opacity_max}")
     if params.train.batch_size % params.train.processes:

@@ -9,20 +9,23 @@ name               shape, dtype                 meaning
 ``image``          (batch, 3, S, S) float32     RGB in [-1, 1] (``uint8 / 127.5 - 1``), S = the
                                                 model's ``preprocess.image_size``
 ``reconstruction`` (batch, 3, S, S) float32     the autoencoder's output, in [-1, 1]
-``anomaly_map``    (batch, S, S) float32        :func:`anomaly_spotter.anomaly_map.anomaly_map`
-                                                with the category's ``score`` params
+``anomaly_map``    (batch, S, S) float32        :func:`anomaly_spotter.scoring.output_maps`
+                                                with the category's ``score`` params: the
+                                                segmentation head's map for a discriminative
+                                                model, the reconstruction error otherwise
 ``score``          (batch,) float32             :func:`~anomaly_spotter.anomaly_map.image_scores`;
                                                 compare with ``thresholds.json`` ``threshold``
 =================  ===========================  =============================================
 
 So a consumer needs only onnxruntime: the map and the score are computed inside the graph, by
-tracing the very functions the ``thresholds`` and ``evaluate`` stages call (all three map
-kinds export; the score params are also stored in the model's ``metadata_props``).
+tracing the very functions the ``thresholds`` and ``evaluate`` stages call (every map kind
+exports; the score params are also stored in the model's ``metadata_props``).
 
 Before anything is written, the graph is run with onnxruntime over the category's test images
 (a batch of one, then ``score.batch_size`` chunks, so the dynamic batch axis is exercised) and
-compared with PyTorch: the reconstructions, maps computed by the same :func:`anomaly_map` from
-the ONNX reconstructions, and the in-graph maps and scores. The differences are written to
+compared with PyTorch: the reconstructions, maps computed by the same :func:`output_maps` from
+the ONNX reconstructions (for a head map, which has no SSIM amplification, the in-graph map
+itself), and the in-graph maps and scores. The differences are written to
 ``metrics/<category>_export.json``; it is an error (and nothing is written) when the maps from
 the ONNX reconstructions differ by more than :data:`MAX_MAP_DIFF` or the in-graph maps by more
 than :data:`MAX_GRAPH_MAP_DIFF`.
@@ -62,12 +65,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from anomaly_spotter.anomaly_map import anomaly_map, image_scores
+from anomaly_spotter.anomaly_map import image_scores
 from anomaly_spotter.config import ScoreConfig
 from anomaly_spotter.data import to_tensor
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.fileio import write_bytes, write_json
-from anomaly_spotter.model import AutoencoderUNetLite, AnomalyModel, DiscriminativeDetector, load_model, split_output
+from anomaly_spotter.model import AutoencoderUNetLite, AnomalyModel, DiscriminativeDetector, load_model, split_output  # noqa: F401  (AutoencoderUNetLite: docstring examples)
 from anomaly_spotter.preprocessing import load_processed
 from anomaly_spotter.scoring import output_maps, resolve_map_kind, score_images
 

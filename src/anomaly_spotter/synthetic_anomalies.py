@@ -45,8 +45,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MASK_KINDS = ("perlin", "blobs", "mixed")
-SOURCE_KINDS = ("patches", "jitter", "rotate", "texture")
+from anomaly_spotter.config import ANOMALY_MASKS as MASK_KINDS
+from anomaly_spotter.config import ANOMALY_SOURCES as SOURCE_KINDS
 
 MAX_MASK_TRIES = 10  # masks outside the area bounds are redrawn this many times, then an ellipse
 MAX_SOURCE_TRIES = 3  # sources too similar to the image are redrawn this many times
