@@ -145,3 +145,22 @@ def test_loss_weights_scale_each_term():
     assert float(total) == pytest.approx(3.0 * parts["focal"] + 0.5 * parts["dice"], rel=1e-6)
     with pytest.raises(ValueError, match="focal_weight"):
         SegmentationLoss(focal_weight=-1.0)
+
+
+def test_dice_over_a_batch_split_across_processes_equals_the_whole_batch_dice():
+    """What DDP does: each half adds the other half's sums (an all-reduce) before the ratio."""
+    logits = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    mask = (torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(3)) > 0.6).float()
+    loss = SegmentationLoss()
+    _, whole = loss(logits, mask)
+
+    def sums(part_logits, part_mask):
+        p = torch.sigmoid(part_logits)
+        return torch.stack([(p * part_mask).sum(), p.sum(), part_mask.sum()])
+
+    for first, second in ((slice(0, 2), slice(2, 4)), (slice(2, 4), slice(0, 2))):
+        other = sums(logits[second], mask[second])
+        _, half = loss(logits[first], mask[first], sum_over_batch=lambda s: s + other)
+        assert half["dice"] == pytest.approx(whole["dice"], rel=1e-6)
+    _, local = loss(logits[:2], mask[:2])
+    assert local["dice"] != pytest.approx(whole["dice"], rel=1e-3)  # without the sums it differs

@@ -49,10 +49,16 @@ def losses(log_dir: Path, name: str) -> list[float]:
         return [float(row[name.split("/")[-1]]) for row in csv.DictReader(handle, delimiter="\t")]
 
 
-def train_with_stage(tmp_path: Path, name: str, processes: int, data: Path) -> tuple[Path, str]:
+KINDS = {
+    "reconstruction": {"model": {"kind": "reconstruction"}, "anomalies": {"probability": 0.0}},
+    "discriminative": {"model": {"kind": "discriminative", "head_channels": 4, "head_depth": 2}, "anomalies": {"probability": 0.5}},
+}
+
+
+def train_with_stage(tmp_path: Path, name: str, processes: int, data: Path, kind: str) -> tuple[Path, str]:
     raw = deep_update(
         yaml.safe_load((REPO / "params.yaml").read_text()),
-        deep_update(TINY_PARAMS, {"train": {"epochs": 3, "batch_size": 4, "processes": processes, "device": "cpu", "num_threads": 2, "sample_every": 0}}),
+        deep_update(TINY_PARAMS, {**KINDS[kind], "train": {"epochs": 3, "batch_size": 4, "processes": processes, "device": "cpu", "num_threads": 2, "sample_every": 0}}),
     )
     params_file = tmp_path / f"{name}.yaml"
     params_file.write_text(yaml.safe_dump(raw))
@@ -66,23 +72,31 @@ def train_with_stage(tmp_path: Path, name: str, processes: int, data: Path) -> t
     return out, result.stdout
 
 
-def test_two_gloo_processes_follow_the_single_process_trajectory(tmp_path):
+# Relative tolerance of the per-epoch losses, from measurements on this data: float summation
+# order alone (one process, 2 threads vs 1) moves the epoch-3 loss by 6e-4 (reconstruction) and
+# 4.4e-3 (discriminative: focal + Dice on random synthetic masks amplify rounding more); two
+# processes differ by 2e-4 and 5e-3. Per-rank BatchNorm instead of the synchronised one (a
+# plausible bug) differs by 3e-2 on the reconstruction model, which 2e-3 clearly rejects.
+TOLERANCE = {"reconstruction": 2e-3, "discriminative": 1.5e-2}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_two_gloo_processes_follow_the_single_process_trajectory(tmp_path, kind):
     """The train stage with train.processes=2 relaunches itself under torch.distributed.run."""
     data = make_processed(tmp_path, deep_update(TINY_PARAMS, {"data": {"synthetic": {"train_good": 20}}}))
-    single, _ = train_with_stage(tmp_path, "single", 1, data)
-    double, printed = train_with_stage(tmp_path, "ddp", 2, data)
+    single, _ = train_with_stage(tmp_path, "single", 1, data, kind)
+    double, printed = train_with_stage(tmp_path, "ddp", 2, data, kind)
     for metric in ("train/loss", "val/loss"):
         expected, got = losses(single / "logs", metric), losses(double / "logs", metric)
         assert len(got) == len(expected) == 3
-        # Tolerance: float summation order alone (2 threads vs 1, one process) moves the epoch-2
-        # loss by 6e-4 relative here; DDP differs by 2e-4. Per-rank BatchNorm instead of the
-        # synchronised one would differ by 3e-2, so 2e-3 still tells them apart.
-        assert got == pytest.approx(expected, rel=2e-3), metric
+        assert got == pytest.approx(expected, rel=TOLERANCE[kind]), metric
     assert losses(single / "logs", "train/loss")[0] != pytest.approx(losses(single / "logs", "train/loss")[-1], rel=1e-3)  # it did train
     # Only rank 0 reported and wrote: one summary line, one checkpoint, and the weights agree.
     assert printed.count("best validation loss") == 1, printed
     assert sorted(p.name for p in (double / "checkpoints").iterdir()) == ["last.pt"]
     single_model, double_model = load_model(single / "model.pt")[0], load_model(double / "model.pt")[0]
+    if kind != "reconstruction":
+        return  # weights of the noisier discriminative run drift by up to lr per Adam step
     for (name, a), b in zip(single_model.named_parameters(), double_model.parameters()):
         # Parameters only (BatchNorm's running statistics follow the activations). Adam moves each
         # weight by about lr per step whatever the gradient's size, so float noise shows at that

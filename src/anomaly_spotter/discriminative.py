@@ -35,6 +35,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -129,8 +131,13 @@ class SegmentationLoss(nn.Module):
         self.focal_alpha = focal_alpha
         self.dice_smooth = float(dice_smooth)
 
-    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """``logits`` (N, 1, S, S) raw; ``mask`` (N, 1, S, S) or (N, S, S) in {0, 1}."""
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor, sum_over_batch: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """``logits`` (N, 1, S, S) raw; ``mask`` (N, 1, S, S) or (N, S, S) in {0, 1}.
+
+        ``sum_over_batch`` turns this batch's Dice sums into the global batch's when the batch is
+        split over processes (a differentiable all-reduce, :func:`distributed.all_reduce_sum`):
+        Dice is a ratio of sums, so unlike the focal mean it cannot be averaged per process.
+        """
         if logits.dim() != 4 or logits.shape[1] != 1:
             raise ValueError(f"logits must be (N, 1, S, S), got {tuple(logits.shape)}")
         if mask.dim() == 3:
@@ -146,7 +153,10 @@ class SegmentationLoss(nn.Module):
             focal_map = (self.focal_alpha * target + (1.0 - self.focal_alpha) * (1.0 - target)) * focal_map
         focal = focal_map.mean()
         probability = torch.sigmoid(logits)
-        overlap = (probability * target).sum()
-        dice = 1.0 - (2.0 * overlap + self.dice_smooth) / (probability.sum() + target.sum() + self.dice_smooth)
+        sums = torch.stack([(probability * target).sum(), probability.sum(), target.sum()])  # overlap, |p|, |m|
+        if sum_over_batch is not None:
+            sums = sum_over_batch(sums)
+        overlap, predicted, actual = sums.unbind()
+        dice = 1.0 - (2.0 * overlap + self.dice_smooth) / (predicted + actual + self.dice_smooth)
         total = self.focal_weight * focal + self.dice_weight * dice
         return total, {"focal": float(focal.detach()), "dice": float(dice.detach())}

@@ -6,7 +6,8 @@ How a run is split, and why the result does not depend on how:
   permutation (seeded by ``(train.seed, epoch)``, exactly as a single process does), cut it into
   global batches, and process ``r`` of ``W`` takes every ``W``-th image of each from the
   ``r``-th on (:func:`rank_batches`). Each rank's loss is weighted by its share of the global
-  batch and DDP averages the gradients, so each optimizer step follows the gradient of the same
+  batch (the Dice term, a ratio of batch sums, is computed from the global sums) and DDP
+  averages the gradients, so each optimizer step follows the gradient of the same
   global batch as a single process would, uneven last batches included.
 * BatchNorm statistics are synchronised over the global batch too: ``nn.SyncBatchNorm`` on
   GPUs; on CPU (which ``SyncBatchNorm`` refuses) :class:`CpuSyncBatchNorm` all-reduces the
@@ -152,6 +153,11 @@ class _AllReduceSum(torch.autograd.Function):
         return total
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over all ranks, differentiably (gradients are summed back over ranks)."""
+    return _AllReduceSum.apply(tensor)
+
+
 class CpuSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the global batch, over gloo (CPU).
 
@@ -167,7 +173,7 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         channels = x.shape[1]
         count = torch.full((1,), x.shape[0] * x.shape[2] * x.shape[3], dtype=x.dtype)
         local = torch.cat([x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3)), count])  # (2C + 1,)
-        totals = _AllReduceSum.apply(local)
+        totals = all_reduce_sum(local)
         n = totals[2 * channels]
         mean = totals[:channels] / n  # (C,)
         var = (totals[channels : 2 * channels] / n - mean.square()).clamp_min(0.0)  # biased, as BN normalises
@@ -205,6 +211,7 @@ def all_reduce_sums(values: dict[str, float], count: int, context: DistributedCo
 
 __all__ = [
     "CpuSyncBatchNorm",
+    "all_reduce_sum",
     "DistributedContext",
     "RankBatchSampler",
     "all_reduce_sums",

@@ -248,12 +248,16 @@ class Trainer:
         return f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}"
 
     # -- one epoch --------------------------------------------------------------------------
-    def _loss(self, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        """Reconstruction loss against the clean ``target`` (+ the head's mask loss); also the reconstruction."""
+    def _loss(self, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *, global_batch: bool = False) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Reconstruction loss against the clean ``target`` (+ the head's mask loss); also the reconstruction.
+
+        ``global_batch``: this is one rank's part of a DDP batch, so batch-level sums are all-reduced.
+        """
         recon, logits = split_output(model(x))
         loss, parts = self.loss_fn(recon.float(), target)
         if self.segmentation_loss is not None and logits is not None:
-            segmentation, segmentation_parts = self.segmentation_loss(logits.float(), mask)
+            sum_over_batch = distributed.all_reduce_sum if global_batch and self.context.enabled else None
+            segmentation, segmentation_parts = self.segmentation_loss(logits.float(), mask, sum_over_batch)
             loss = loss + segmentation
             parts = {**parts, **segmentation_parts}
         return loss, parts, recon
@@ -288,7 +292,7 @@ class Trainer:
             x, target, mask = (self._to_device(t) for t in batch)  # (B, 3, S, S) x2 in [-1, 1], (B, 1, S, S)
             n = x.shape[0]
             with self._autocast():
-                loss, parts, _ = self._loss(self.train_model, x, target, mask)
+                loss, parts, _ = self._loss(self.train_model, x, target, mask, global_batch=True)
             loss_value = float(loss.detach())
             # All ranks decide on the global batch's loss, so they stop (or go on) together.
             global_loss, global_count = distributed.all_reduce_sums({"loss": loss_value * n}, n, self.context)
