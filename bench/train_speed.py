@@ -3,11 +3,12 @@
 Prints, on the synthetic ``weave`` category at the params' image size:
 
 * images/s of the real training loop (dataset, augmentation, combined loss, logging);
-* images/s of a bare forward + backward + optimizer step on random tensors, same model and
-  batch size, same process; and their ratio (target >= 0.9);
+* images/s of a bare forward + losses + backward + optimizer step on random tensors, same model,
+  batch size and precision (``train.amp``: bfloat16 on CPUs with native support), same
+  process; and their ratio (target >= 0.9);
 * the model's FLOPs per image (``torch.utils.flop_counter``), the achieved GFLOP/s, and a
   large float32 matmul's GFLOP/s measured in the same run as this machine's practical peak;
-* the same bare step in ``channels_last`` and in the default memory format.
+* the same bare step in float32 (no mixed precision) and in the default memory format.
 
 Run: ``python bench/train_speed.py [--epochs 2] [--batch-size 8]``
 """
@@ -29,25 +30,34 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from anomaly_spotter.config import load_params  # noqa: E402
+from anomaly_spotter.discriminative import SegmentationLoss  # noqa: E402
 from anomaly_spotter.losses import CombinedLoss  # noqa: E402
+from anomaly_spotter.model import split_output  # noqa: E402
 from anomaly_spotter.preprocessing import load_processed, preprocess_category  # noqa: E402
 from anomaly_spotter.synthetic import generate_category  # noqa: E402
-from anomaly_spotter.training import Trainer, build_model, make_optimizer, seed_everything  # noqa: E402
+from anomaly_spotter.training import Trainer, autocast_dtype, build_model, make_optimizer, seed_everything  # noqa: E402
 
 
-def bare_step_rate(params, batch_size: int, steps: int, channels_last: bool) -> float:
+def bare_step_rate(params, batch_size: int, steps: int, channels_last: bool, amp_dtype: torch.dtype | None) -> float:
+    """img/s of forward + losses + backward + Adam step on random tensors (no data pipeline)."""
     seed_everything(0, params.train.num_threads)
     model = build_model(params)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     loss_fn = CombinedLoss(params.loss)
+    segmentation_loss = SegmentationLoss(focal_weight=params.loss.focal, dice_weight=params.loss.dice)
     optimizer = make_optimizer(model, params.train)
     size = params.preprocess.image_size
-    x = (torch.rand(batch_size, 3, size, size) * 2 - 1).contiguous(memory_format=fmt)
+    x = (torch.rand(batch_size, 3, size, size) * 2 - 1).contiguous(memory_format=fmt)  # (B, 3, S, S)
+    mask = (torch.rand(batch_size, 1, size, size) > 0.9).float()  # (B, 1, S, S)
     for i in range(steps + 2):
         if i == 2:
             start = time.perf_counter()  # two warm-up steps
-        loss, _ = loss_fn(model(x), x)
+        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            recon, logits = split_output(model(x))
+        loss, _ = loss_fn(recon.float(), x)  # losses in float32, as training.Trainer does
+        if logits is not None:
+            loss = loss + segmentation_loss(logits.float(), mask)[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -59,7 +69,8 @@ def flops_per_image(params) -> float:
     size = params.preprocess.image_size
     x = torch.rand(2, 3, size, size) * 2 - 1
     with FlopCounterMode(display=False) as counter:
-        model(x).square().mean().backward()
+        recon, logits = split_output(model(x))
+        (recon.square().mean() + (logits.square().mean() if logits is not None else 0)).backward()
     return counter.get_total_flops() / 2
 
 
@@ -94,17 +105,22 @@ def main() -> None:
             trainer.train_epoch(epoch)
         loop_rate = args.epochs * len(data.train) / (time.perf_counter() - start)
     steps = max(4, len(data.train) // batch)
-    bare_cl = bare_step_rate(params, batch, steps, channels_last=True)
-    bare_default = bare_step_rate(params, batch, steps, channels_last=False)
+    amp = autocast_dtype(torch.device("cpu")) if params.train.amp else None
+    bare = bare_step_rate(params, batch, steps, channels_last=True, amp_dtype=amp)
+    bare_fp32 = bare_step_rate(params, batch, steps, channels_last=True, amp_dtype=None)
+    bare_default = bare_step_rate(params, batch, steps, channels_last=False, amp_dtype=None)
     flops = flops_per_image(params)
     peak = matmul_gflops()
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"batch size {batch}, image {params.preprocess.image_size}px, {len(data.train)} training images")
-    print(f"real training loop:            {loop_rate:7.2f} img/s")
-    print(f"bare step (channels_last):     {bare_cl:7.2f} img/s   loop/bare = {loop_rate / bare_cl:.3f}")
-    print(f"bare step (contiguous):        {bare_default:7.2f} img/s")
+    print(f"model: {params.model.kind}, mixed precision: {amp or 'off (float32)'}")
+    print(f"real training loop:                     {loop_rate:7.2f} img/s")
+    print(f"bare step (channels_last, as training): {bare:7.2f} img/s   loop/bare = {loop_rate / bare:.3f}")
+    print(f"bare step (channels_last, float32):     {bare_fp32:7.2f} img/s")
+    print(f"bare step (contiguous, float32):        {bare_default:7.2f} img/s")
     print(f"model FLOPs per image (fwd+bwd): {flops / 1e9:.2f} GFLOP")
     print(f"achieved: {loop_rate * flops / 1e9:.1f} GFLOP/s = {loop_rate * flops / 1e9 / peak:.1%} of float32 matmul ({peak:.1f} GFLOP/s)")
+    print(f"float32 bare step achieves {bare_fp32 * flops / 1e9:.1f} GFLOP/s = {bare_fp32 * flops / 1e9 / peak:.1%} of it")
 
 
 if __name__ == "__main__":

@@ -183,3 +183,26 @@ def test_defect_removal_training_targets_the_clean_image(processed):
     dataset.set_epoch(1)
     assert not torch.equal(dataset[1][2], mask)  # a new epoch draws a new anomaly
     assert anomaly_generator(parse_params(TINY_PARAMS).anomalies) is None  # probability 0: off
+
+
+def test_cpu_mixed_precision_runs_the_model_in_bfloat16_and_keeps_float32_weights(processed, tmp_path, monkeypatch):
+    """train.amp on a CPU with native bfloat16: the model's convolutions run in bfloat16, the
+    weights, losses and saved model stay float32, and training follows float32 training closely."""
+    from anomaly_spotter import training
+
+    monkeypatch.setattr(training, "autocast_dtype", lambda device: torch.bfloat16)  # as on a bf16-capable CPU
+    seen: list[torch.dtype] = []
+    losses = {}
+    for amp in (True, False):
+        params = parse_params(deep_update(TINY_PARAMS, {**DISCRIMINATIVE, "train": {"epochs": 2, "amp": amp, "device": "cpu"}}))
+        trainer = Trainer(params, processed, checkpoint_dir=tmp_path / f"ck{amp}", log_dir=tmp_path / f"logs{amp}", progress=False)
+        hook = trainer.model.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype)) if amp else None
+        losses[amp] = trainer.train_epoch(0)
+        if hook:
+            hook.remove()
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+        assert trainer.amp_dtype == (torch.bfloat16 if amp else None)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(np.isfinite(v) for v in losses[True].values())
+    # One epoch from the same initial weights: bfloat16 rounding moves the loss, but only a little.
+    assert losses[True]["loss"] == pytest.approx(losses[False]["loss"], rel=0.05)

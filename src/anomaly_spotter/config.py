@@ -113,7 +113,7 @@ class ModelConfig:
 
 # What synthetic anomalies look like (anomaly_spotter.synthetic_anomalies takes its names from here).
 ANOMALY_MASKS = ("perlin", "blobs", "mixed")
-ANOMALY_SOURCES = ("patches", "jitter", "rotate", "texture")
+ANOMALY_SOURCES = ("patches", "jitter", "rotate", "texture", "shade")
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class TrainConfig:
     gamma: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))  # step/plateau decay
     grad_clip: float = field(default=1.0, metadata=_range(0.0))  # max grad norm; 0 disables
     patience: int = field(default=0, metadata=_range(0))  # early stopping, epochs; 0 disables
-    amp: bool = True  # mixed precision, used on CUDA only
+    amp: bool = True  # mixed precision: CUDA, and CPUs with native bfloat16 (training.autocast_dtype)
     seed: int = field(default=0, metadata=_range(0))
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     num_threads: int = field(default=0, metadata=_range(0))  # 0 = all cores

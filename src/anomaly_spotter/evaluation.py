@@ -40,6 +40,9 @@ from anomaly_spotter.scoring import ScoredImages, score_images
 from anomaly_spotter.visualize import HeatmapRow, heatmap_grid_png, score_histogram_png
 
 GOOD = "good"
+# The anomaly sources of the validation yardstick, frozen: sources added to the generator later
+# (``shade``) are left out, so the yardstick's numbers stay comparable across versions.
+YARDSTICK_SOURCES = ("patches", "jitter", "rotate", "texture")
 
 
 def pixel_inputs(data: ProcessedCategory, raw_dir: Path, maps: np.ndarray, resolution: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -163,13 +166,14 @@ def synthetic_validation_metrics(model: torch.nn.Module, val_images: np.ndarray,
 
     A yardstick for choosing settings that never looks at the test split: every validation
     image is scored clean and once more with an anomaly from a fixed generator (the defaults of
-    :class:`~anomaly_spotter.synthetic_anomalies.AnomalyGenerator`, always pasted, seeded by
-    ``seed`` and the image index), so all variants are measured on the same corrupted images.
+    :class:`~anomaly_spotter.synthetic_anomalies.AnomalyGenerator` with ``YARDSTICK_SOURCES``,
+    always pasted, seeded by ``seed`` and the image index), so all variants are measured on the
+    same corrupted images.
     """
     from anomaly_spotter.data import sample_seed
     from anomaly_spotter.synthetic_anomalies import AnomalyGenerator
 
-    generator = AnomalyGenerator(probability=1.0)
+    generator = AnomalyGenerator(probability=1.0, sources=YARDSTICK_SOURCES)
     images = np.asarray(val_images)
     pasted = [generator(image, images, np.random.default_rng([sample_seed(seed, 0, i), 2])) for i, image in enumerate(images)]
     corrupted = np.stack([p.image for p in pasted])

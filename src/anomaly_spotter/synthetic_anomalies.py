@@ -19,7 +19,9 @@ Sources (``sources``, one drawn uniformly per call):
 * ``jitter``  – a pool image with strong brightness / contrast / colour jitter, sometimes
   inverted or posterised;
 * ``rotate``  – a pool image rotated by a random angle, sometimes flipped;
-* ``texture`` – a procedural texture: a Perlin colour field, stripes or a checkerboard.
+* ``texture`` – a procedural texture: a Perlin colour field, stripes or a checkerboard;
+* ``shade``   – the image itself, brighter or darker (and slightly tinted) by a smooth field:
+  a change of level without a change of texture (stains, discolouration, uneven surfaces).
 
 The mask is intersected with :func:`foreground_mask` (``foreground_only``) so that, on object
 categories, defects land on the object rather than on the background. Every random choice comes
@@ -278,6 +280,22 @@ def _rotated(source_pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _rotate(np.ascontiguousarray(source), float(rng.uniform(-180.0, 180.0)))
 
 
+def _shaded(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The image itself made brighter or darker (and tinted) by a slowly varying amount.
+
+    Stains, discolouration and uneven surfaces bring no new texture, only another level: every
+    other source replaces the texture, so without this one the head never learns that a smooth
+    change of brightness alone is a defect.
+    """
+    height, width = image.shape[:2]
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    strength = sign * rng.uniform(0.25, 0.6) * 128.0  # grey levels at the field's peak
+    field = 0.75 + 0.25 * perlin_noise((height, width), (2, 2), rng)  # (H, W), ~[0.5, 1]: varies across the region
+    tint = rng.uniform(0.85, 1.15, size=3)  # (3,) a slight colour cast (grey images lose it later)
+    shaded = image.astype(np.float32) + strength * field[:, :, None] * tint
+    return np.clip(shaded, 0, 255).round().astype(np.uint8)
+
+
 def _procedural_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A Perlin colour field, stripes or a checkerboard between two random colours."""
     height, width = shape
@@ -437,6 +455,8 @@ class AnomalyGenerator:
                 source = _jittered(source_pool, rng)
             elif kind == "rotate":
                 source = _rotated(source_pool, rng)
+            elif kind == "shade":
+                source = _shaded(image, rng)
             else:
                 source = _procedural_texture(image.shape[:2], rng)
             if grey:
