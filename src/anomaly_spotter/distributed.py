@@ -171,8 +171,12 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
         channels = x.shape[1]
-        count = torch.full((1,), x.shape[0] * x.shape[2] * x.shape[3], dtype=x.dtype)
-        local = torch.cat([x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3)), count])  # (2C + 1,)
+        # Statistics in float32 whatever autocast hands in: sums of squares in bfloat16 would
+        # cancel catastrophically in E[x^2] - E[x]^2. The output keeps the input's dtype, as
+        # BatchNorm2d's does under autocast.
+        values = x.float()
+        count = torch.full((1,), x.shape[0] * x.shape[2] * x.shape[3], dtype=values.dtype)
+        local = torch.cat([values.sum(dim=(0, 2, 3)), values.square().sum(dim=(0, 2, 3)), count])  # (2C + 1,)
         totals = all_reduce_sum(local)
         n = totals[2 * channels]
         mean = totals[:channels] / n  # (C,)
@@ -182,7 +186,7 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
             self.running_mean.lerp_(mean.detach(), self.momentum)
             self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)  # unbiased, as BN tracks
         scale = self.weight / torch.sqrt(var + self.eps)  # (C,)
-        return x * scale[None, :, None, None] + (self.bias - mean * scale)[None, :, None, None]
+        return (values * scale[None, :, None, None] + (self.bias - mean * scale)[None, :, None, None]).to(x.dtype)
 
 
 def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
