@@ -67,9 +67,9 @@ def bench_metrics(count: int, side: int) -> None:
 def bench_category(category: str) -> None:
     from anomaly_spotter.config import load_params
     from anomaly_spotter.evaluation import compute_metrics, pixel_inputs
-    from anomaly_spotter.preprocessing import load_processed
+    from anomaly_spotter.processed import load_processed
     from anomaly_spotter.scoring import score_images
-    from anomaly_spotter.model import load_model
+    from anomaly_spotter.detectors import load_model
 
     params = load_params(ROOT / "params.yaml", category)
     data = load_processed(ROOT / "data" / "processed" / category)

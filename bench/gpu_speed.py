@@ -20,27 +20,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from anomaly_spotter.config import parse_params  # noqa: E402
-from anomaly_spotter.losses import CombinedLoss  # noqa: E402
-from anomaly_spotter.training import build_model, make_optimizer  # noqa: E402
+from anomaly_spotter.detectors import build_detector, detector_class  # noqa: E402
+from anomaly_spotter.training.optim import make_optimizer  # noqa: E402
 
 
 def rate(amp: bool, batch_size: int, steps: int) -> float:
-    params = parse_params({})
+    params = parse_params({})  # the defaults: params.yaml's model
     device = torch.device("cuda")
-    model = build_model(params).to(device)
-    loss_fn = CombinedLoss(params.loss).to(device)
+    model = build_detector(params).to(device)
+    loss_fn = detector_class(params.model.kind).training_loss(params).to(device)
     optimizer = make_optimizer(model, params.train)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
     host = (torch.rand(batch_size, 3, 128, 128) * 2 - 1).pin_memory()
+    mask = (torch.rand(batch_size, 1, 128, 128, device=device) > 0.9).float()
     for i in range(steps + 5):
         if i == 5:
             torch.cuda.synchronize()
             start = time.perf_counter()
         x = host.to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=dtype, enabled=amp):
-            recon = model(x)
-        loss, _ = loss_fn(recon.float(), x)
+            output = model(x)
+        loss, _ = loss_fn(output, x, mask)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

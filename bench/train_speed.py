@@ -30,22 +30,22 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from anomaly_spotter.config import load_params  # noqa: E402
-from anomaly_spotter.discriminative import SegmentationLoss  # noqa: E402
-from anomaly_spotter.losses import CombinedLoss  # noqa: E402
-from anomaly_spotter.model import split_output  # noqa: E402
-from anomaly_spotter.preprocessing import load_processed, preprocess_category  # noqa: E402
-from anomaly_spotter.synthetic import generate_category  # noqa: E402
-from anomaly_spotter.training import Trainer, autocast_dtype, build_model, make_optimizer, seed_everything  # noqa: E402
+from anomaly_spotter.detectors import build_detector, detector_class  # noqa: E402
+from anomaly_spotter.preprocessing import preprocess_category  # noqa: E402
+from anomaly_spotter.processed import load_processed  # noqa: E402
+from anomaly_spotter.runtime import autocast_dtype, seed_everything  # noqa: E402
+from anomaly_spotter.synthetic_dataset import generate_category  # noqa: E402
+from anomaly_spotter.training.loop import Trainer  # noqa: E402
+from anomaly_spotter.training.optim import make_optimizer  # noqa: E402
 
 
 def bare_step_rate(params, batch_size: int, steps: int, channels_last: bool, amp_dtype: torch.dtype | None) -> float:
     """img/s of forward + losses + backward + Adam step on random tensors (no data pipeline)."""
     seed_everything(0, params.train.num_threads)
-    model = build_model(params)
+    model = build_detector(params)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    loss_fn = CombinedLoss(params.loss)
-    segmentation_loss = SegmentationLoss(focal_weight=params.loss.focal, dice_weight=params.loss.dice)
+    loss_fn = detector_class(params.model.kind).training_loss(params)
     optimizer = make_optimizer(model, params.train)
     size = params.preprocess.image_size
     x = (torch.rand(batch_size, 3, size, size) * 2 - 1).contiguous(memory_format=fmt)  # (B, 3, S, S)
@@ -54,10 +54,8 @@ def bare_step_rate(params, batch_size: int, steps: int, channels_last: bool, amp
         if i == 2:
             start = time.perf_counter()  # two warm-up steps
         with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            recon, logits = split_output(model(x))
-        loss, _ = loss_fn(recon.float(), x)  # losses in float32, as training.Trainer does
-        if logits is not None:
-            loss = loss + segmentation_loss(logits.float(), mask)[0]
+            output = model(x)
+        loss, _ = loss_fn(output, x, mask)  # losses in float32, as the trainer does
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -65,12 +63,12 @@ def bare_step_rate(params, batch_size: int, steps: int, channels_last: bool, amp
 
 
 def flops_per_image(params) -> float:
-    model = build_model(params)
+    model = build_detector(params)
     size = params.preprocess.image_size
     x = torch.rand(2, 3, size, size) * 2 - 1
     with FlopCounterMode(display=False) as counter:
-        recon, logits = split_output(model(x))
-        (recon.square().mean() + (logits.square().mean() if logits is not None else 0)).backward()
+        output = model(x)
+        sum(t.square().mean() for t in (output if isinstance(output, tuple) else (output,))).backward()
     return counter.get_total_flops() / 2
 
 
@@ -98,7 +96,7 @@ def main() -> None:
         generate_category("weave", tmp / "raw", params.data.synthetic)
         preprocess_category(tmp / "raw", tmp / "processed", params.preprocess)
         data = load_processed(tmp / "processed")
-        trainer = Trainer(params, data, checkpoint_dir=tmp / "ck", log_dir=tmp / "logs", progress=False)
+        trainer = Trainer(detector_class(params.model.kind), params, data, checkpoint_dir=tmp / "ck", log_dir=tmp / "logs", progress=False)
         trainer.train_epoch(0)  # warm-up epoch (first-call allocations)
         start = time.perf_counter()
         for epoch in range(1, args.epochs + 1):

@@ -8,8 +8,8 @@ from pathlib import Path
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
 from anomaly_spotter.evaluation import evaluate_category
-from anomaly_spotter.preprocessing import load_processed
-from anomaly_spotter.model import load_model
+from anomaly_spotter.processed import load_processed
+from anomaly_spotter.detectors import load_model
 
 
 def main(argv=None):

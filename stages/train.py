@@ -1,4 +1,4 @@
-"""Stage train: fit one category's detector; resumes from its checkpoint when killed.
+"""Stage train: fit one category's detector (any model.kind); a gradient run resumes from its checkpoint when killed.
 
 With ``train.processes > 1`` it relaunches itself under ``torch.distributed.run`` (DDP); under
 ``torchrun`` it joins the process group the launcher describes.
@@ -12,7 +12,7 @@ from pathlib import Path
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
 from anomaly_spotter.distributed import launched_by_torchrun, relaunch
-from anomaly_spotter.preprocessing import load_processed
+from anomaly_spotter.processed import load_processed
 from anomaly_spotter.training import train_category
 
 
@@ -28,7 +28,7 @@ def main(argv=None):
         sys.exit(relaunch(params.train.processes, [__file__, *(sys.argv[1:] if argv is None else argv)]))
     result = train_category(load_processed(args.data), params, Path(args.model), Path(args.checkpoints), Path(args.logs))
     if result.written:
-        print(f"{args.category}: best validation loss {result.best_val_loss:.5f} at epoch {result.best_epoch}")
+        print(f"{args.category}: {result.summary}")
 
 
 if __name__ == "__main__":

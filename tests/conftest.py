@@ -30,6 +30,9 @@ TINY_PARAMS = {
     "score": {"smoothing_sigma": 1.0, "ssim_window": 5},
     "evaluate": {"heatmap_examples": 1},
 }
+# The same, as a plain autoencoder (params.yaml's default is the discriminative kind): for unit
+# tests of the reconstruction path, which parse these params without params.yaml underneath.
+TINY_RECONSTRUCTION = {**TINY_PARAMS, "model": {**TINY_PARAMS["model"], "kind": "reconstruction"}, "anomalies": {"probability": 0.0}}
 
 
 def deep_update(base: dict, override: dict) -> dict:
@@ -91,7 +94,7 @@ def make_processed(root: Path, raw_params: dict, category: str = "weave") -> Pat
     """Generate a synthetic category under ``root/raw`` and preprocess it into ``root/processed``."""
     from anomaly_spotter.config import parse_params
     from anomaly_spotter.preprocessing import preprocess_category
-    from anomaly_spotter.synthetic import generate_category
+    from anomaly_spotter.synthetic_dataset import generate_category
 
     params = parse_params(raw_params)
     generate_category(category, root / "raw", params.data.synthetic)

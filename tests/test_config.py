@@ -72,3 +72,22 @@ def test_load_params_file_errors(tmp_path):
     good = tmp_path / "p.yaml"
     good.write_text(yaml.safe_dump({"train": {"epochs": 3}}))
     assert load_params(good).train.epochs == 3
+
+
+def test_params_yaml_states_exactly_the_dataclass_defaults():
+    """Defaults live in config.py once; params.yaml lists every value for DVC. They must agree."""
+    from anomaly_spotter.config import Params, to_dict
+
+    listed = yaml.safe_load((REPO / "params.yaml").read_text())
+    listed.pop("presets", None)
+    assert listed == to_dict(Params())
+
+
+def test_a_percentile_of_100_is_one_rule_everywhere():
+    """config and thresholds share check_percentile: the largest normal score is a valid threshold."""
+    from anomaly_spotter.thresholds import compute_thresholds
+
+    assert parse_params({"thresholds": {"percentiles": [100.0], "strategy": "percentile_100"}}).thresholds.percentiles == (100.0,)
+    assert compute_thresholds([1.0, 2.0, 3.0], percentiles=(100.0,))["percentile_100"] == 3.0
+    with pytest.raises(ConfigError, match=r"thresholds.percentiles: 101 is not in \[0, 100\]"):
+        parse_params({"thresholds": {"percentiles": [101.0]}})

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomaly_spotter.discriminative import SegmentationHead, SegmentationLoss
-from anomaly_spotter.model import count_parameters
+from anomaly_spotter.detectors.discriminative import SegmentationHead, SegmentationLoss
+from anomaly_spotter.detectors.autoencoder import count_parameters
 
 
 def random_mask(n: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:

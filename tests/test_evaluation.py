@@ -9,14 +9,15 @@ import tifffile
 from anomaly_spotter.config import parse_params
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.evaluation import evaluate_category
-from anomaly_spotter.preprocessing import load_processed, preprocess_category
+from anomaly_spotter.preprocessing import preprocess_category
+from anomaly_spotter.processed import load_processed
 from anomaly_spotter.report import summarise, write_report
 from anomaly_spotter.scoring import score_images
-from anomaly_spotter.synthetic import generate_category
+from anomaly_spotter.synthetic_dataset import generate_category
 from anomaly_spotter.thresholds import threshold_report
-from anomaly_spotter.model import load_model
+from anomaly_spotter.detectors import load_model
 from anomaly_spotter.training import train_category
-from conftest import TINY_PARAMS, deep_update
+from conftest import TINY_RECONSTRUCTION as TINY_PARAMS, deep_update
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ from anomaly_spotter import export
 from anomaly_spotter.config import parse_params
 from anomaly_spotter.data import to_tensor
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.model import load_model
+from anomaly_spotter.detectors import load_model
 from anomaly_spotter.scoring import output_maps
-from anomaly_spotter.training import build_model
-from conftest import REPO, TINY_PARAMS, deep_update, make_processed, run
+from anomaly_spotter.detectors import build_detector as build_model
+from conftest import REPO, TINY_RECONSTRUCTION as TINY_PARAMS, deep_update, make_processed, run
 from test_predict import save_model
 
 PARAMS = parse_params(TINY_PARAMS)
@@ -49,11 +49,11 @@ def test_onnxruntime_matches_pytorch(model, batch):
     recon, maps, scores = session.run(None, {"image": x.numpy()})
     with torch.inference_mode():
         torch_recon = model(x)
-        torch_maps = output_maps(x, torch_recon, SCORE)
+        torch_maps = output_maps(model, x, torch_recon, SCORE)
     assert recon.shape == (batch, 3, 32, 32) and maps.shape == (batch, 32, 32) and scores.shape == (batch,)
     assert np.abs(recon - torch_recon.numpy()).max() <= 1e-5
     # The same anomaly_map function and params, fed the ONNX and the PyTorch reconstruction.
-    onnx_maps = output_maps(x, torch.from_numpy(recon), SCORE)
+    onnx_maps = output_maps(model, x, torch.from_numpy(recon), SCORE)
     assert np.abs(onnx_maps.numpy() - torch_maps.numpy()).max() <= export.MAX_MAP_DIFF
     assert np.abs(maps - torch_maps.numpy()).max() <= export.MAX_MAP_DIFF  # tiny model: in-graph map as close
 
@@ -83,7 +83,7 @@ def test_discriminative_model_exports_its_head_map():
     assert metrics["onnx_max_abs_diff_map_in_graph"] <= export.MAX_MAP_DIFF
     assert metrics["onnx_max_abs_diff_score"] <= export.MAX_MAP_DIFF
     with torch.inference_mode():
-        maps = output_maps(to_tensor(random_images(2)), model(to_tensor(random_images(2))), config)
+        maps = output_maps(model, to_tensor(random_images(2)), model(to_tensor(random_images(2))), config)
     assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0  # sigmoid probabilities
 
 

@@ -8,8 +8,8 @@ import time
 import pytest
 import yaml
 
-from anomaly_spotter.training import CHECKPOINT_NAME
-from conftest import REPO, TINY_PARAMS, deep_update, make_processed, tool_env
+from anomaly_spotter.training.checkpoint import CHECKPOINT_NAME
+from conftest import REPO, TINY_RECONSTRUCTION as TINY_PARAMS, deep_update, make_processed, tool_env
 
 PARAMS = deep_update(TINY_PARAMS, {"train": {"epochs": 6}, "data": {"synthetic": {"train_good": 24}}})
 

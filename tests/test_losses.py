@@ -3,7 +3,7 @@ import torch
 
 from anomaly_spotter.config import LossConfig
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.losses import CombinedLoss, sobel_magnitude
+from anomaly_spotter.detectors.losses import CombinedLoss, sobel_magnitude
 
 
 def images(seed=0, shape=(2, 3, 32, 32)):
@@ -52,7 +52,7 @@ def test_zero_weights_are_not_computed():
 def test_perceptual_without_weights_names_the_missing_file(tmp_path):
     missing = tmp_path / "vgg16.pth"
     with pytest.raises(UserError, match=str(missing)):
-        CombinedLoss(LossConfig(perceptual=1.0, vgg_weights=str(missing)))
+        CombinedLoss(LossConfig(perceptual=1.0, perceptual_backbone="vgg16", vgg_weights=str(missing)))
 
 
 def test_perceptual_with_weights_on_disk(tmp_path):
@@ -61,8 +61,23 @@ def test_perceptual_with_weights_on_disk(tmp_path):
     path = tmp_path / "vgg16.pth"
     torch.manual_seed(0)
     torch.save(vgg16().state_dict(), path)  # random weights stand in for ImageNet ones
-    loss = CombinedLoss(LossConfig(mse=0, ssim=0, perceptual=1.0, vgg_weights=str(path)))
+    loss = CombinedLoss(LossConfig(mse=0, ssim=0, perceptual=1.0, perceptual_backbone="vgg16", vgg_weights=str(path)))
     x = images()
     assert float(loss(x, x)[0]) == pytest.approx(0.0, abs=1e-8)
     assert float(loss(images(1), x)[0]) > 0
     assert not any(p.requires_grad for p in loss.perceptual.parameters())
+
+
+def test_perceptual_works_offline_with_the_wheel_backbone():
+    """The default perceptual backbone (efficientnet_lite0) needs no download: every term works on a fresh machine."""
+    loss = CombinedLoss(LossConfig(mse=0, ssim=0, perceptual=1.0))
+    assert loss.perceptual.backbone == "efficientnet_lite0"
+    target = torch.rand(2, 3, 64, 64) * 2 - 1
+    pred = target.clone().requires_grad_(True)
+    total, parts = loss(pred, target)
+    assert float(total) == 0.0 and set(parts) == {"perceptual"}
+    noisy = (target + 0.2 * torch.randn_like(target)).clamp(-1, 1).requires_grad_(True)
+    total, _ = loss(noisy, target)
+    total.backward()
+    assert float(total) > 0 and noisy.grad.abs().sum() > 0  # gradients reach the reconstruction
+    assert not any(p.requires_grad for p in loss.perceptual.parameters())  # the network stays frozen

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from anomaly_spotter.model import AutoencoderUNetLite, count_parameters
+from anomaly_spotter.detectors.autoencoder import AutoencoderUNetLite, count_parameters
 
 
 def test_shape_and_range():

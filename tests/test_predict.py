@@ -22,9 +22,9 @@ from anomaly_spotter.config import parse_params
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.images import read_image, resize
 from anomaly_spotter.predict import RESULTS_NAME, collect_images, load_detector, main, predict_images
-from anomaly_spotter.model import architecture
+from anomaly_spotter.detectors.base import save_model_file
 from anomaly_spotter.scoring import score_images
-from anomaly_spotter.training import build_model
+from anomaly_spotter.detectors import build_detector
 from conftest import REPO, TINY_PARAMS, deep_update, dvc, git, run
 
 CATEGORY = "weave"
@@ -32,20 +32,12 @@ THRESHOLD = 0.5
 
 
 def save_model(path: Path, raw_params: dict, seed: int) -> None:
-    """A tiny untrained model in the format ``Trainer.fit`` writes."""
+    """A tiny untrained model in the format the trainer writes."""
     params = parse_params(raw_params)
     torch.manual_seed(seed)
-    model = build_model(params)
+    model = build_detector(params)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "architecture": architecture(params.model, params.preprocess.image_size),
-            "best_epoch": 1,
-            "best_val_loss": 0.0,
-        },
-        path,
-    )
+    save_model_file(path, model.state_dict(), model.architecture(), best_epoch=1, best_val_loss=0.0)
 
 
 def save_thresholds(path: Path, threshold: float) -> None:

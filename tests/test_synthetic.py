@@ -3,7 +3,7 @@ import pytest
 
 from anomaly_spotter.config import SyntheticConfig
 from anomaly_spotter.images import read_image, read_mask
-from anomaly_spotter.synthetic import CATEGORIES, DEFECTS, GRAYSCALE, generate_category, render_sample
+from anomaly_spotter.synthetic_dataset import CATEGORIES, DEFECTS, GRAYSCALE, generate_category, render_sample
 
 CONFIG = SyntheticConfig(image_size=64, train_good=3, test_good=2, test_defect_per_type=2, seed=3)
 

@@ -8,10 +8,13 @@ import torch
 
 from anomaly_spotter.config import parse_params
 from anomaly_spotter.errors import TrainingError
-from anomaly_spotter.preprocessing import load_processed
-from anomaly_spotter.model import load_model
-from anomaly_spotter.training import CHECKPOINT_NAME, Trainer, train_category
-from conftest import TINY_PARAMS, deep_update, make_processed
+from anomaly_spotter.processed import load_processed
+from anomaly_spotter.detectors import load_model
+from anomaly_spotter.detectors import detector_class
+from anomaly_spotter.training import train_category
+from anomaly_spotter.training.checkpoint import CHECKPOINT_NAME
+from anomaly_spotter.training.loop import Trainer
+from conftest import TINY_RECONSTRUCTION as TINY_PARAMS, deep_update, make_processed
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def params_with(**train):
 def test_training_writes_a_loadable_model_and_logs(processed, tmp_path):
     params = params_with()
     result = train_category(processed, params, tmp_path / "model.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
-    assert 1 <= result.best_epoch <= 3 and np.isfinite(result.best_val_loss)
+    assert 1 <= result.details["best_epoch"] <= 3 and np.isfinite(result.details["best_val_loss"])
     model, payload = load_model(tmp_path / "model.pt")  # weights_only=True inside
     assert payload["architecture"]["base_channels"] == params.model.base_channels
     x = torch.zeros(1, 3, 32, 32)
@@ -65,7 +68,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(processed, tmp_path
     assert (tmp_path / "ck" / CHECKPOINT_NAME).is_file()
     monkeypatch.setattr(Trainer, "train_epoch", original)
     result = train_category(processed, params, tmp_path / "resumed.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
-    assert result.resumed_from == 2 and result.epochs_run == 1
+    assert result.details["resumed_from"] == 2 and result.details["epochs_run"] == 1
     assert (tmp_path / "resumed.pt").read_bytes() == (tmp_path / "full.pt").read_bytes()
 
 
@@ -76,14 +79,14 @@ def test_checkpoint_from_other_params_is_not_resumed(processed, tmp_path, capsys
     state["completed"] = False
     torch.save(state, tmp_path / "ck" / CHECKPOINT_NAME)
     result = train_category(processed, params_with(epochs=2, lr=0.01), tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
-    assert result.resumed_from == 0
+    assert result.details["resumed_from"] == 0
     assert "other params or data; starting fresh" in capsys.readouterr().out
 
 
 def test_non_finite_loss_stops_with_epoch_and_batch_and_writes_no_model(processed, tmp_path, monkeypatch):
     params = params_with()
-    trainer = Trainer(params, processed, checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "logs", progress=False)
-    monkeypatch.setattr(trainer.loss_fn, "forward", lambda pred, target: (pred.sum() * float("nan"), {}))
+    trainer = Trainer(detector_class(params.model.kind), params, processed, checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "logs", progress=False)
+    monkeypatch.setattr(trainer.loss_fn, "forward", lambda output, target, mask, sum_over_batch=None: (output.sum() * float("nan"), {}))
     with pytest.raises(TrainingError, match=r"epoch 1, batch 1"):
         trainer.fit(tmp_path / "model.pt")
     assert not (tmp_path / "model.pt").exists()
@@ -93,10 +96,10 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_writes_no_model(processe
 @pytest.mark.parametrize("scheduler", ["cosine", "plateau", "step", "none"])
 def test_optimizers_and_schedulers_reduce_the_loss(processed, tmp_path, optimizer, scheduler):
     params = params_with(epochs=2, optimizer=optimizer, scheduler=scheduler, lr=0.01 if optimizer == "sgd" else 0.002, patience=2)
-    trainer = Trainer(params, processed, checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "logs", progress=False)
+    trainer = Trainer(detector_class(params.model.kind), params, processed, checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "logs", progress=False)
     before = trainer.validate()[0]["loss"]
     trainer.fit(tmp_path / "m.pt")
-    assert trainer.best_val < before
+    assert trainer.state.best_val < before
 
 
 def test_early_stopping(processed, tmp_path, monkeypatch):
@@ -110,7 +113,7 @@ def test_early_stopping(processed, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "validate", scripted_validate)
     params = params_with(epochs=6, patience=2)
     result = train_category(processed, params, tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
-    assert (result.epochs_run, result.best_epoch, result.best_val_loss) == (4, 2, 0.5)
+    assert (result.details["epochs_run"], result.details["best_epoch"], result.details["best_val_loss"]) == (4, 2, 0.5)
 
 
 def test_image_size_mismatch_is_reported(processed, tmp_path):
@@ -149,7 +152,7 @@ DISCRIMINATIVE = {"model": {"kind": "discriminative", "head_channels": 4, "head_
 
 
 def test_discriminative_training_saves_a_detector_that_scores_with_its_head(processed, tmp_path):
-    from anomaly_spotter.model import DiscriminativeDetector
+    from anomaly_spotter.detectors.discriminative import DiscriminativeDetector
     from anomaly_spotter.scoring import score_images
 
     params = parse_params(deep_update(TINY_PARAMS, {**DISCRIMINATIVE, "train": {"epochs": 2}}))
@@ -169,10 +172,10 @@ def test_discriminative_training_saves_a_detector_that_scores_with_its_head(proc
 def test_defect_removal_training_targets_the_clean_image(processed):
     """With anomalies on, the dataset gives (corrupted input, clean target, mask), reproducibly."""
     from anomaly_spotter.data import AnomalyDataset
-    from anomaly_spotter.training import anomaly_generator
+    from anomaly_spotter.pasted_anomalies import AnomalyGenerator
 
     params = parse_params(deep_update(TINY_PARAMS, {"anomalies": {"probability": 1.0}}))
-    dataset = AnomalyDataset(processed.train, seed=0, generator=anomaly_generator(params.anomalies))
+    dataset = AnomalyDataset(processed.train, seed=0, generator=AnomalyGenerator.from_config(params.anomalies))
     plain = AnomalyDataset(processed.train, seed=0)
     x, target, mask = dataset[1]
     assert torch.equal(target, plain[1][1])  # the target is the clean image
@@ -182,20 +185,20 @@ def test_defect_removal_training_targets_the_clean_image(processed):
     assert all(torch.equal(a, b) for a, b in zip((x, target, mask), again))
     dataset.set_epoch(1)
     assert not torch.equal(dataset[1][2], mask)  # a new epoch draws a new anomaly
-    assert anomaly_generator(parse_params(TINY_PARAMS).anomalies) is None  # probability 0: off
+    assert AnomalyGenerator.from_config(parse_params(TINY_PARAMS).anomalies) is None  # probability 0: off
 
 
 def test_cpu_mixed_precision_runs_the_model_in_bfloat16_and_keeps_float32_weights(processed, tmp_path, monkeypatch):
     """train.amp on a CPU with native bfloat16: the model's convolutions run in bfloat16, the
     weights, losses and saved model stay float32, and training follows float32 training closely."""
-    from anomaly_spotter import training
+    from anomaly_spotter.training import loop
 
-    monkeypatch.setattr(training, "autocast_dtype", lambda device: torch.bfloat16)  # as on a bf16-capable CPU
+    monkeypatch.setattr(loop, "autocast_dtype", lambda device: torch.bfloat16)  # as on a bf16-capable CPU
     seen: list[torch.dtype] = []
     losses = {}
     for amp in (True, False):
         params = parse_params(deep_update(TINY_PARAMS, {**DISCRIMINATIVE, "train": {"epochs": 2, "amp": amp, "device": "cpu"}}))
-        trainer = Trainer(params, processed, checkpoint_dir=tmp_path / f"ck{amp}", log_dir=tmp_path / f"logs{amp}", progress=False)
+        trainer = Trainer(detector_class(params.model.kind), params, processed, checkpoint_dir=tmp_path / f"ck{amp}", log_dir=tmp_path / f"logs{amp}", progress=False)
         hook = trainer.model.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype)) if amp else None
         losses[amp] = trainer.train_epoch(0)
         if hook:

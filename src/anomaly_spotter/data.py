@@ -70,7 +70,7 @@ class AnomalyDataset(ImageDataset):
     """Training triples ``(input, target, mask)`` for defect-removal training.
 
     Each image is augmented, then, with the generator's probability, gets a synthetic anomaly
-    (:class:`anomaly_spotter.synthetic_anomalies.AnomalyGenerator`, sources drawn from the same
+    (:class:`anomaly_spotter.pasted_anomalies.AnomalyGenerator`, sources drawn from the same
     images). ``input`` is the corrupted image, ``target`` the clean one (both (3, S, S) in
     [-1, 1]) and ``mask`` float32 (1, S, S) marks the pasted pixels. Without a generator,
     ``input`` is ``target`` and the mask is empty: plain clean -> clean training.

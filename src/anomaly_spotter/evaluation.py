@@ -28,21 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from anomaly_spotter import metrics as m
 from anomaly_spotter.anomaly_map import resize_to
-from anomaly_spotter.config import Params, ScoreConfig
+from anomaly_spotter.config import Params
+from anomaly_spotter.detectors.base import Detector
 from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
 from anomaly_spotter.images import read_mask
-from anomaly_spotter.preprocessing import ProcessedCategory
+from anomaly_spotter.processed import ProcessedCategory
 from anomaly_spotter.scoring import ScoredImages, score_images
 from anomaly_spotter.visualize import HeatmapRow, heatmap_grid_png, score_histogram_png
 
 GOOD = "good"
-# The anomaly sources of the validation yardstick, frozen: sources added to the generator later
-# (``shade``) are left out, so the yardstick's numbers stay comparable across versions.
-YARDSTICK_SOURCES = ("patches", "jitter", "rotate", "texture")
 
 
 def pixel_inputs(data: ProcessedCategory, raw_dir: Path, maps: np.ndarray, resolution: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -94,7 +91,7 @@ def heatmap_rows(data: ProcessedCategory, scored: ScoredImages, per_type: int) -
                 HeatmapRow(
                     title=f"{name} {Path(data.test_items[i].file).name} s={scored.scores[i]:.3g}",
                     image=np.asarray(data.test[i]),
-                    reconstruction=scored.reconstructions[i],
+                    reconstruction=None if scored.reconstructions is None else scored.reconstructions[i],
                     anomaly_map=scored.maps[i],
                     mask=np.asarray(data.test_masks[i], dtype=bool),
                 )
@@ -125,7 +122,7 @@ def export_tiffs(folder: Path, category: str, data: ProcessedCategory, maps: lis
 def evaluate_category(
     data: ProcessedCategory,
     raw_dir: Path,
-    model: torch.nn.Module,
+    model: Detector,
     thresholds: dict[str, Any],
     params: Params,
     *,
@@ -159,28 +156,3 @@ def evaluate_category(
             export_tiffs(out / "anomaly_maps", category, data, original)
     write_json(metrics_path, results)
     return results
-
-
-def synthetic_validation_metrics(model: torch.nn.Module, val_images: np.ndarray, config: ScoreConfig, *, seed: int = 0) -> dict[str, float]:
-    """Image and pixel AUROC of the normal validation images against copies with synthetic anomalies.
-
-    A yardstick for choosing settings that never looks at the test split: every validation
-    image is scored clean and once more with an anomaly from a fixed generator (the defaults of
-    :class:`~anomaly_spotter.synthetic_anomalies.AnomalyGenerator` with ``YARDSTICK_SOURCES``,
-    always pasted, seeded by ``seed`` and the image index), so all variants are measured on the
-    same corrupted images.
-    """
-    from anomaly_spotter.data import sample_seed
-    from anomaly_spotter.synthetic_anomalies import AnomalyGenerator
-
-    generator = AnomalyGenerator(probability=1.0, sources=YARDSTICK_SOURCES)
-    images = np.asarray(val_images)
-    pasted = [generator(image, images, np.random.default_rng([sample_seed(seed, 0, i), 2])) for i, image in enumerate(images)]
-    corrupted = np.stack([p.image for p in pasted])
-    masks = [np.zeros(image.shape[:2], bool) for image in images] + [p.mask > 0 for p in pasted]
-    clean, anomalous = score_images(model, images, config), score_images(model, corrupted, config)
-    labels = np.r_[np.zeros(len(images), int), np.ones(len(images), int)]
-    return {
-        "val_synthetic_image_auroc": m.image_auroc(labels, np.r_[clean.scores, anomalous.scores]),
-        "val_synthetic_pixel_auroc": m.pixel_auroc(masks, list(clean.maps) + list(anomalous.maps)),
-    }

@@ -1,7 +1,9 @@
 """Stage ``export``: the trained model as an ONNX graph, checked against PyTorch before it is kept.
 
-``models/<category>/model.onnx`` takes one input and gives three outputs, all with a dynamic
-batch axis named ``batch``:
+``models/<category>/model.onnx`` takes one input and gives the detector's ``onnx_outputs``, all
+with a dynamic batch axis named ``batch`` (``reconstruction`` only for the autoencoder kinds;
+patchcore's graph holds the backbone, its memory bank as a constant and the nearest-neighbour
+search):
 
 =================  ===========================  =============================================
 name               shape, dtype                 meaning
@@ -12,8 +14,9 @@ name               shape, dtype                 meaning
 ``anomaly_map``    (batch, S, S) float32        :func:`anomaly_spotter.scoring.output_maps`
                                                 with the category's ``score`` params: the
                                                 segmentation head's map for a discriminative
-                                                model, the reconstruction error otherwise
-``score``          (batch,) float32             :func:`~anomaly_spotter.anomaly_map.image_scores`;
+                                                model, the reconstruction error for an
+                                                autoencoder, the patch distance for patchcore
+``score``          (batch,) float32             the detector's ``image_scores``;
                                                 compare with ``thresholds.json`` ``threshold``
 =================  ===========================  =============================================
 
@@ -24,8 +27,8 @@ exports; the score params are also stored in the model's ``metadata_props``).
 Before anything is written, the graph is run with onnxruntime over the category's test images
 (a batch of one, then ``score.batch_size`` chunks, so the dynamic batch axis is exercised) and
 compared with PyTorch: the reconstructions, maps computed by the same :func:`output_maps` from
-the ONNX reconstructions (for a head map, which has no SSIM amplification, the in-graph map
-itself), and the in-graph maps and scores. The differences are written to
+the ONNX reconstructions (for a head or distance map, which has no SSIM amplification, the
+in-graph map itself), and the in-graph maps and scores. The differences are written to
 ``metrics/<category>_export.json``; it is an error (and nothing is written) when the maps from
 the ONNX reconstructions differ by more than :data:`MAX_MAP_DIFF` or the in-graph maps by more
 than :data:`MAX_GRAPH_MAP_DIFF`.
@@ -65,18 +68,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from anomaly_spotter.anomaly_map import image_scores
 from anomaly_spotter.config import ScoreConfig
 from anomaly_spotter.data import to_tensor
+from anomaly_spotter.detectors import load_model
+from anomaly_spotter.detectors.autoencoder import AutoencoderUNetLite  # noqa: F401  (docstring examples)
+from anomaly_spotter.detectors.base import Detector
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.fileio import write_bytes, write_json
-from anomaly_spotter.model import AutoencoderUNetLite, AnomalyModel, DiscriminativeDetector, load_model, split_output  # noqa: F401  (AutoencoderUNetLite: docstring examples)
-from anomaly_spotter.preprocessing import load_processed
-from anomaly_spotter.scoring import output_maps, resolve_map_kind, score_images
+from anomaly_spotter.processed import load_processed
+from anomaly_spotter.scoring import output_maps, score_images
 
 OPSET = 17
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("reconstruction", "anomaly_map", "score")
+INPUT_NAME = "image"  # the outputs are the detector's ``onnx_outputs`` (reconstruction, if any; anomaly_map; score)
 BATCH_AXIS = "batch"
 EXPORTER = "torchscript"
 # The largest map differences accepted (see the module docstring for the measured values and
@@ -96,19 +99,16 @@ class ScoringGraph(nn.Module):
     [(2, 3, 32, 32), (2, 32, 32), (2,)]
     """
 
-    def __init__(self, model: AnomalyModel, config: ScoreConfig) -> None:
+    def __init__(self, model: Detector, config: ScoreConfig) -> None:
         super().__init__()
         self.model = model
         self.config = config
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        output = self.model(x)
-        recon, _ = split_output(output)
-        maps = output_maps(x, output, self.config)
-        return recon, maps, image_scores(maps, reduction=self.config.image_score, topk_percent=self.config.topk_percent)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.onnx_forward(x, self.config)  # in self.model.onnx_outputs order
 
 
-def onnx_bytes(model: AnomalyModel, config: ScoreConfig) -> bytes:
+def onnx_bytes(model: Detector, config: ScoreConfig) -> bytes:
     """Serialised ONNX graph of ``model`` plus map and score; identical bytes for identical inputs.
 
     >>> model = AutoencoderUNetLite(base_channels=4, bottleneck_channels=8, image_size=32)
@@ -139,8 +139,8 @@ def onnx_bytes(model: AnomalyModel, config: ScoreConfig) -> bytes:
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: BATCH_AXIS} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            output_names=list(model.onnx_outputs),
+            dynamic_axes={name: {0: BATCH_AXIS} for name in (INPUT_NAME, *model.onnx_outputs)},
             do_constant_folding=True,
         )
     proto = onnx.load_from_string(buffer.getvalue())
@@ -180,12 +180,12 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def compare_with_torch(model: AnomalyModel, model_bytes: bytes, images: np.ndarray, config: ScoreConfig) -> dict[str, Any]:
+def compare_with_torch(model: Detector, model_bytes: bytes, images: np.ndarray, config: ScoreConfig) -> dict[str, Any]:
     """Run ``model_bytes`` with onnxruntime and ``model`` with PyTorch over uint8 (N, S, S, 3) images.
 
-    Returns the largest absolute differences (JSON-ready). The PyTorch maps and scores come
-    from :func:`scoring.score_images`, exactly as the ``thresholds`` and ``evaluate`` stages
-    compute them.
+    Returns the largest absolute differences (JSON-ready; the reconstruction entries are None for
+    detectors without one). The PyTorch maps and scores come from :func:`scoring.score_images`,
+    exactly as the ``thresholds`` and ``evaluate`` stages compute them.
 
     >>> model = AutoencoderUNetLite(base_channels=4, bottleneck_channels=8, image_size=32).eval()
     >>> config = ScoreConfig(ssim_window=5, smoothing_sigma=1.0)
@@ -199,26 +199,28 @@ def compare_with_torch(model: AnomalyModel, model_bytes: bytes, images: np.ndarr
     model.eval()
     session = onnx_session(model_bytes)
     reference = score_images(model, images, config)
+    reconstructs = "reconstruction" in model.onnx_outputs
     diff = {"reconstruction": 0.0, "map": 0.0, "map_in_graph": 0.0, "score": 0.0}
     batch_sizes = []
     for part in _chunks(len(images), config.batch_size):
         x = to_tensor(images[part])
-        onnx_recon, onnx_map, onnx_score = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
-        torch_output = model(x)
-        torch_recon, logits = split_output(torch_output)
-        if logits is None:
-            # The same map call fed the ONNX reconstruction: isolates the exported network.
-            map_from_onnx_recon = output_maps(x, torch.from_numpy(onnx_recon), config).numpy()
-        else:
-            # A head map has no SSIM amplification (see the module docstring): compare the graph's own.
-            map_from_onnx_recon = onnx_map
-        diff["reconstruction"] = max(diff["reconstruction"], _max_abs(onnx_recon, torch_recon.numpy()))
+        outputs = dict(zip(model.onnx_outputs, session.run(list(model.onnx_outputs), {INPUT_NAME: x.numpy()})))
+        onnx_map, onnx_score = outputs["anomaly_map"], outputs["score"]
+        map_from_onnx_recon = onnx_map  # a head or distance map has no SSIM amplification: the graph's own
+        if reconstructs:
+            torch_output = model(x)
+            onnx_recon = outputs["reconstruction"]
+            diff["reconstruction"] = max(diff["reconstruction"], _max_abs(onnx_recon, model.reconstruction(torch_output).numpy()))
+            if model.map_kind(config.map) != "head":
+                # The same map call fed the ONNX reconstruction: isolates the exported network.
+                onnx_output = (torch.from_numpy(onnx_recon), *torch_output[1:]) if isinstance(torch_output, tuple) else torch.from_numpy(onnx_recon)
+                map_from_onnx_recon = output_maps(model, x, onnx_output, config).numpy()
         diff["map"] = max(diff["map"], _max_abs(map_from_onnx_recon, reference.maps[part]))
         diff["map_in_graph"] = max(diff["map_in_graph"], _max_abs(onnx_map, reference.maps[part]))
         diff["score"] = max(diff["score"], _max_abs(onnx_score, reference.scores[part]))
         batch_sizes.append(part.stop - part.start)
     return {
-        "onnx_max_abs_diff_reconstruction": diff["reconstruction"],
+        "onnx_max_abs_diff_reconstruction": diff["reconstruction"] if reconstructs else None,
         "onnx_max_abs_diff_map": diff["map"],
         "onnx_max_abs_diff_map_in_graph": diff["map_in_graph"],
         "onnx_max_abs_diff_score": diff["score"],
@@ -242,7 +244,7 @@ def graph_summary(model_bytes: bytes) -> dict[str, Any]:
     }
 
 
-def export_model(model: AnomalyModel, images: np.ndarray, config: ScoreConfig, *, source: str = "the model") -> tuple[bytes, dict[str, Any]]:
+def export_model(model: Detector, images: np.ndarray, config: ScoreConfig, *, source: str = "the model") -> tuple[bytes, dict[str, Any]]:
     """Export ``model`` and check it on ``images``; return the ONNX bytes and the metrics.
 
     Raises :class:`UserError` when the maps differ by more than :data:`MAX_MAP_DIFF` (maps from
@@ -253,7 +255,7 @@ def export_model(model: AnomalyModel, images: np.ndarray, config: ScoreConfig, *
         **graph_summary(model_bytes),
         **compare_with_torch(model, model_bytes, images, config),
         "exporter": EXPORTER,
-        "map_kind": resolve_map_kind(config.map, isinstance(model, DiscriminativeDetector)),
+        "map_kind": model.map_kind(config.map),
         "tolerance_map": MAX_MAP_DIFF,
         "tolerance_map_in_graph": MAX_GRAPH_MAP_DIFF,
         "onnx_bytes": len(model_bytes),
@@ -267,7 +269,7 @@ def export_model(model: AnomalyModel, images: np.ndarray, config: ScoreConfig, *
             f"from the ONNX reconstructions differ by up to {metrics['onnx_max_abs_diff_map']:.3g} "
             f"(allowed {MAX_MAP_DIFF:g}), maps computed in the graph by up to "
             f"{metrics['onnx_max_abs_diff_map_in_graph']:.3g} (allowed {MAX_GRAPH_MAP_DIFF:g}); "
-            f"reconstructions by up to {metrics['onnx_max_abs_diff_reconstruction']:.3g}. "
+            f"reconstructions by up to {metrics['onnx_max_abs_diff_reconstruction'] or 0:.3g}. "
             "Check that torch, onnx and onnxruntime are the versions pinned in requirements.txt; "
             "otherwise a layer or map kind is translated differently by the exporter"
         )

@@ -2,7 +2,7 @@
 
 Sources (``data.source``):
 
-* ``synthetic`` – generate the built-in dataset (:mod:`anomaly_spotter.synthetic`);
+* ``synthetic`` – generate the built-in dataset (:mod:`anomaly_spotter.synthetic_dataset`);
 * ``folder`` – copy ``<data.root>/<category>`` after checking its layout and images
   (:mod:`anomaly_spotter.local_folder`);
 * ``mvtec`` – download (or read ``data.archive``) and extract MVTec AD (:mod:`anomaly_spotter.mvtec`).
@@ -26,7 +26,7 @@ def fetch_category(category: str, dest: str | Path, config: DataConfig) -> None:
     """Write ``category`` to ``dest`` from ``config.source``."""
     dest = Path(dest)
     if config.source == "synthetic":
-        from anomaly_spotter.synthetic import generate_category  # category names: checked by config
+        from anomaly_spotter.synthetic_dataset import generate_category  # category names: checked by config
 
         generate_category(category, dest, config.synthetic)
     elif config.source == "folder":

@@ -36,28 +36,12 @@ import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from anomaly_spotter.categories import MVTEC_CATEGORIES
 from anomaly_spotter.download import download, safe_extract, sha256_file
 from anomaly_spotter.errors import DataError, FetchError, UserError
 from anomaly_spotter.fileio import staging_dir, write_json
 from anomaly_spotter.layout import TOP_LEVEL, validate_category
 
-MVTEC_CATEGORIES: tuple[str, ...] = (
-    "bottle",
-    "cable",
-    "capsule",
-    "carpet",
-    "grid",
-    "hazelnut",
-    "leather",
-    "metal_nut",
-    "pill",
-    "screw",
-    "tile",
-    "toothbrush",
-    "transistor",
-    "wood",
-    "zipper",
-)
 
 BASE_URL = "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
 PILL_BASE_URL = "https://www.mydrive.ch/shares/43421/11a215a5749fcfb75e331ddd5f8e43ee/download/"  # pill lives on another share

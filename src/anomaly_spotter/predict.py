@@ -54,9 +54,9 @@ from anomaly_spotter.config import ScoreConfig, load_params, parse_params
 from anomaly_spotter.errors import ConfigError, DataError, UserError
 from anomaly_spotter.fileio import write_bytes, write_text
 from anomaly_spotter.images import IMAGE_SUFFIXES, encode_png, read_image, resize
-from anomaly_spotter.model import AnomalyModel, load_model
+from anomaly_spotter.detectors import Detector, load_model
+from anomaly_spotter.runtime import select_device
 from anomaly_spotter.scoring import score_images
-from anomaly_spotter.training import select_device
 
 RESULTS_NAME = "predictions.jsonl"
 # More images than this get a progress bar (on a terminal only); fewer finish before it matters.
@@ -73,11 +73,11 @@ def thresholds_path(category: str) -> str:
 
 
 @dataclass(frozen=True)
-class Detector:
+class ThresholdedDetector:
     """A category's model with the threshold and ``score`` params that belong to it."""
 
     category: str
-    model: AnomalyModel  # AutoencoderUNetLite or DiscriminativeDetector
+    model: Detector  # any model.kind
     threshold: float
     strategy: str  # the thresholds.json strategy the threshold came from
     score: ScoreConfig
@@ -154,7 +154,7 @@ def load_detector(
     params_path: str = "params.yaml",
     repo: str | None = None,
     device: str = "auto",
-) -> Detector:
+) -> ThresholdedDetector:
     """Load ``category``'s model, threshold and ``score`` params from the workspace or a revision.
 
     ``repo`` is the repository root (default: the current folder, as for every stage); the
@@ -191,7 +191,7 @@ def load_detector(
         thresholds = _parse_thresholds(_read_at_rev(thresholds_path(category), rev, repo), f"{thresholds_path(category)}@{rev}")
         source = f"revision {rev}"
     threshold, strategy, normal_min = thresholds
-    return Detector(category, model, threshold, strategy, params.score, source, normal_min)
+    return ThresholdedDetector(category, model, threshold, strategy, params.score, source, normal_min)
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def _batches(items: Sequence[InputImage], size: int) -> Iterator[Sequence[InputI
 
 
 def predict_images(
-    detector: Detector,
+    detector: ThresholdedDetector,
     inputs: Sequence[InputImage],
     out_dir: str | os.PathLike[str],
     *,

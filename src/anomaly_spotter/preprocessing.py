@@ -1,78 +1,28 @@
 """Stage ``preprocess``: decode, convert and resize one category once, for every later stage.
 
-Output folder (``data/processed/<category>/``), all written atomically as one unit::
-
-    train.npy        uint8 (N_train, S, S, 3)  training images (train/good minus the hold-out)
-    val.npy          uint8 (N_val, S, S, 3)    validation hold-out of train/good (normal only)
-    test.npy         uint8 (N_test, S, S, 3)   test images
-    test_masks.npy   uint8 (N_test, S, S)      ground truth at model resolution (0/1)
-    index.json       file names per split, test labels, defect types, mask paths and original sizes
-
-``.npy`` is used rather than ``.npz`` because ``np.savez`` stores zip timestamps, which would
-change the bytes (and DVC's md5) on every run. Training memory-maps these arrays and never
-decodes a PNG per epoch.
+Writes the folder :mod:`anomaly_spotter.processed` describes (and reads back).
 
 Example:
-    >>> data = load_processed("data/processed/weave")  # doctest: +SKIP
-    >>> data.train.shape, data.test_labels.mean()  # doctest: +SKIP
-    ((61, 128, 128, 3), 0.5)
+    >>> preprocess_category("data/raw/weave", "data/processed/weave", params.preprocess)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from anomaly_spotter.config import PreprocessConfig
 from anomaly_spotter.errors import DataError
-from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
+from anomaly_spotter.fileio import staging_dir, write_json
 from anomaly_spotter.images import read_image, read_mask, resize
 from anomaly_spotter.layout import list_category, validate_category
+from anomaly_spotter.processed import save_npy
 
 # OpenCV releases the GIL while decoding and resizing, so threads use both cores.
 DECODE_THREADS = 2
-
-
-@dataclass(frozen=True)
-class TestItem:
-    """One test image as recorded in ``index.json``."""
-
-    file: str  # relative to the category root
-    label: int  # 0 good, 1 defective
-    defect_type: str  # "good" for good images
-    mask: str | None  # relative mask path, None for good images
-    height: int  # original size
-    width: int
-
-
-@dataclass(frozen=True)
-class ProcessedCategory:
-    """A preprocessed category, arrays memory-mapped from disk."""
-
-    root: Path
-    image_size: int
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    test_masks: np.ndarray
-    test_items: tuple[TestItem, ...]
-    train_files: tuple[str, ...]
-    val_files: tuple[str, ...]
-
-    @property
-    def test_labels(self) -> np.ndarray:
-        return np.array([item.label for item in self.test_items], dtype=np.int64)
-
-    @property
-    def defect_types(self) -> list[str]:
-        return [item.defect_type for item in self.test_items]
 
 
 def split_validation(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,12 +39,6 @@ def split_validation(count: int, fraction: float, seed: int) -> tuple[np.ndarray
     n_val = min(count - 1, max(1, math.ceil(fraction * count)))
     order = np.random.default_rng(seed).permutation(count)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    write_bytes(path, buffer.getvalue())
 
 
 def _load_images(paths: list[Path], size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -141,10 +85,10 @@ def preprocess_category(raw_dir: str | Path, out_dir: str | Path, config: Prepro
                     "width": width,
                 }
             )
-        _save_npy(staging / "train.npy", train)
-        _save_npy(staging / "val.npy", val)
-        _save_npy(staging / "test.npy", test)
-        _save_npy(staging / "test_masks.npy", masks)
+        save_npy(staging / "train.npy", train)
+        save_npy(staging / "val.npy", val)
+        save_npy(staging / "test.npy", test)
+        save_npy(staging / "test_masks.npy", masks)
         write_json(
             staging / "index.json",
             {
@@ -154,27 +98,3 @@ def preprocess_category(raw_dir: str | Path, out_dir: str | Path, config: Prepro
                 "test": items,
             },
         )
-
-
-def load_processed(folder: str | Path) -> ProcessedCategory:
-    """Open a ``data/processed/<category>`` folder (arrays memory-mapped, read-only)."""
-    folder = Path(folder)
-    index_path = folder / "index.json"
-    if not index_path.is_file():
-        raise DataError([f"{index_path} is missing; run `dvc repro preprocess` first"])
-    index: dict[str, Any] = json.loads(index_path.read_text(encoding="utf-8"))
-
-    def array(name: str) -> np.ndarray:
-        return np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-
-    return ProcessedCategory(
-        root=folder,
-        image_size=int(index["image_size"]),
-        train=array("train"),
-        val=array("val"),
-        test=array("test"),
-        test_masks=array("test_masks"),
-        test_items=tuple(TestItem(**item) for item in index["test"]),
-        train_files=tuple(index["train"]),
-        val_files=tuple(index["val"]),
-    )

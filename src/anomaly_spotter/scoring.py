@@ -1,7 +1,8 @@
-"""Run a trained model over images: reconstructions, anomaly maps and image scores.
+"""Run a fitted detector over images: anomaly maps, image scores and (where it has them) reconstructions.
 
-Shared by the ``thresholds`` and ``evaluate`` stages so both score images the same way
-(``params.yaml`` ``score``). Batched and under ``torch.inference_mode``.
+Shared by the ``thresholds``, ``evaluate`` and ``export`` stages and ``predict``, so all score
+images the same way (``params.yaml`` ``score``), through the detector interface only
+(:class:`~anomaly_spotter.detectors.base.Detector`). Batched and under ``torch.inference_mode``.
 
 Example:
     >>> scored = score_images(model, data.val, params.score)  # doctest: +SKIP
@@ -11,15 +12,16 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from anomaly_spotter.anomaly_map import anomaly_map, head_map, image_scores
 from anomaly_spotter.config import ScoreConfig
 from anomaly_spotter.data import to_tensor, to_uint8
-from anomaly_spotter.model import split_output
+from anomaly_spotter.detectors.base import Detector
 
 
 @dataclass(frozen=True)
@@ -28,61 +30,39 @@ class ScoredImages:
 
     maps: np.ndarray  # float32 (N, S, S), higher = more anomalous
     scores: np.ndarray  # float64 (N,)
-    reconstructions: np.ndarray  # uint8 (N, S, S, 3)
+    reconstructions: np.ndarray | None  # uint8 (N, S, S, 3); None for kinds without one (patchcore)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Where the model's tensors live (a detector may hold buffers only, e.g. a fixed map)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
-def resolve_map_kind(kind: str, has_head: bool) -> str:
-    """``score.map`` with ``auto`` resolved: the head's map when the model has one, else 1 - SSIM.
-
-    >>> resolve_map_kind("auto", True), resolve_map_kind("auto", False), resolve_map_kind("l2", True)
-    ('head', 'ssim', 'l2')
-    """
-    if kind == "auto":
-        return "head" if has_head else "ssim"
-    if kind == "head" and not has_head:
-        raise ValueError("score.map is 'head' but this model has no segmentation head (model.kind reconstruction)")
-    return kind
-
-
-def output_maps(images: torch.Tensor, output: torch.Tensor | tuple[torch.Tensor, torch.Tensor], config: ScoreConfig) -> torch.Tensor:
-    """Anomaly maps (N, S, S) from images (N, 3, S, S) and the model's ``forward`` output.
+def output_maps(model: Detector, images: torch.Tensor, output: Any, config: ScoreConfig) -> torch.Tensor:
+    """Anomaly maps (N, S, S) from images (N, 3, S, S) and ``model``'s ``forward`` output.
 
     The one place that turns a model output into maps: the ``thresholds``, ``evaluate`` and
     ``export`` stages and ``predict`` all call it, so they cannot disagree.
     """
-    reconstruction, logits = split_output(output)
-    kind = resolve_map_kind(config.map, logits is not None)
-    if kind == "head":
-        assert logits is not None
-        return head_map(logits, smoothing_sigma=config.smoothing_sigma)
-    return anomaly_map(
-        images,
-        reconstruction,
-        kind=kind,
-        ssim_window=config.ssim_window,
-        combined_ssim_weight=config.combined_ssim_weight,
-        smoothing_sigma=config.smoothing_sigma,
-    )
+    return model.anomaly_maps(images, output, config)
 
 
 @torch.inference_mode()
-def score_images(model: torch.nn.Module, images: np.ndarray, config: ScoreConfig) -> ScoredImages:
-    """Reconstruct uint8 (N, S, S, 3) ``images`` and score them as ``config`` says."""
+def score_images(model: Detector, images: np.ndarray, config: ScoreConfig) -> ScoredImages:
+    """Score uint8 (N, S, S, 3) ``images`` with ``model`` as ``config`` says."""
     model.eval()
     device = model_device(model)
     maps, scores, recons = [], [], []
     for start in range(0, len(images), config.batch_size):
         x = to_tensor(np.asarray(images[start : start + config.batch_size])).to(device)  # (B, 3, S, S)
         output = model(x)
-        recon, _ = split_output(output)
-        batch_maps = output_maps(x, output, config)  # (B, S, S)
-        scores.append(image_scores(batch_maps, reduction=config.image_score, topk_percent=config.topk_percent).double().cpu().numpy())
+        batch_maps = output_maps(model, x, output, config)  # (B, S, S)
+        scores.append(model.image_scores(batch_maps, output, config).double().cpu().numpy())
         maps.append(batch_maps.float().cpu().numpy())
-        recons.append(to_uint8(recon))
+        recon = model.reconstruction(output)
+        if recon is not None:
+            recons.append(to_uint8(recon))
     if not maps:
         raise ValueError("no images to score")
-    return ScoredImages(np.concatenate(maps), np.concatenate(scores), np.concatenate(recons))
+    return ScoredImages(np.concatenate(maps), np.concatenate(scores), np.concatenate(recons) if recons else None)

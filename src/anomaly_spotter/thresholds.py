@@ -13,7 +13,7 @@ key                       value                                                 
 ========================  ==========================================================  =========
 
 ``<p>`` and ``<k>`` are written with Python's ``:g`` format (``99``, ``99.5``, ``1.5``), the
-same names :func:`anomaly_spotter.config.threshold_names` lists for ``thresholds.strategy``.
+same names :func:`anomaly_spotter.config.threshold_names` lists (the naming scheme lives there) for ``thresholds.strategy``.
 
 Example:
     >>> import numpy as np
@@ -32,7 +32,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from anomaly_spotter.config import ThresholdsConfig, check_percentile, iqr_key, mean_std_key, percentile_key
 from anomaly_spotter.errors import UserError
+
+_DEFAULTS = ThresholdsConfig()  # compute_thresholds' defaults are params.yaml's: stated once
 
 
 class ThresholdError(UserError, ValueError):
@@ -46,33 +49,6 @@ class ThresholdSettings(Protocol):
     percentiles: tuple[float, ...]
     std_k: float
     iqr_k: float
-
-
-def percentile_key(p: float) -> str:
-    """Key of the p-th percentile threshold.
-
-    >>> percentile_key(99.0), percentile_key(99.5)
-    ('percentile_99', 'percentile_99.5')
-    """
-    return f"percentile_{p:g}"
-
-
-def mean_std_key(k: float) -> str:
-    """Key of the mean + k·std threshold.
-
-    >>> mean_std_key(3.0)
-    'mean_std_3'
-    """
-    return f"mean_std_{k:g}"
-
-
-def iqr_key(k: float) -> str:
-    """Key of the Q3 + k·IQR threshold.
-
-    >>> iqr_key(1.5)
-    'iqr_1.5'
-    """
-    return f"iqr_{k:g}"
 
 
 def _validation_scores(val_scores: Any) -> np.ndarray:
@@ -92,9 +68,9 @@ def _validation_scores(val_scores: Any) -> np.ndarray:
 def compute_thresholds(
     val_scores: np.ndarray | Iterable[float],
     *,
-    percentiles: Iterable[float] = (95.0, 99.0),
-    std_k: float = 3.0,
-    iqr_k: float = 1.5,
+    percentiles: Iterable[float] = _DEFAULTS.percentiles,
+    std_k: float = _DEFAULTS.std_k,
+    iqr_k: float = _DEFAULTS.iqr_k,
 ) -> dict[str, float]:
     """All candidate thresholds from normal validation scores, keyed as in the module docstring.
 
@@ -106,8 +82,9 @@ def compute_thresholds(
     s = _validation_scores(val_scores)
     percentiles = tuple(float(p) for p in percentiles)
     for p in percentiles:
-        if not (0.0 <= p <= 100.0):
-            raise ThresholdError(f"percentile {p:g} is not in [0, 100]")
+        problem = check_percentile(p)
+        if problem:
+            raise ThresholdError(f"percentile {problem}")
     keys = [percentile_key(p) for p in percentiles]
     if len(set(keys)) != len(keys):
         raise ThresholdError(f"percentiles {list(percentiles)} repeat a value")

@@ -38,7 +38,7 @@ class HeatmapRow:
 
     title: str
     image: np.ndarray  # uint8 (H, W, 3)
-    reconstruction: np.ndarray  # uint8 (H, W, 3)
+    reconstruction: np.ndarray | None  # uint8 (H, W, 3); None for detectors without one (column left out)
     anomaly_map: np.ndarray  # float (H, W)
     mask: np.ndarray  # bool (H, W) ground truth
 
@@ -50,12 +50,15 @@ def heatmap_grid_png(rows: Sequence[HeatmapRow], *, pixel_threshold: float, vmin
     The thresholded map marks pixels whose map value reaches the image threshold: with the
     default top-k-mean image score, that is where the image's score comes from.
     """
+    with_reconstruction = any(row.reconstruction is not None for row in rows)
     columns = ("input", "reconstruction", "anomaly map", f"map >= {pixel_threshold:.3g}", "ground truth")
+    if not with_reconstruction:
+        columns = tuple(c for c in columns if c != "reconstruction")
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.0 * len(columns), 2.0 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         panels = (
             dict(X=row.image),
-            dict(X=row.reconstruction),
+            *((dict(X=row.reconstruction),) if with_reconstruction else ()),
             None,  # overlay, drawn below
             dict(X=row.anomaly_map >= pixel_threshold, cmap="gray", vmin=0, vmax=1),
             dict(X=row.mask, cmap="gray", vmin=0, vmax=1),

@@ -24,14 +24,18 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from anomaly_spotter.config import SyntheticConfig
+from anomaly_spotter.categories import SYNTHETIC_CATEGORIES
 from anomaly_spotter.fileio import staging_dir, write_bytes
 from anomaly_spotter.images import encode_png
+
+if TYPE_CHECKING:
+    from anomaly_spotter.config import SyntheticConfig
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,8 @@ DEFECTS: dict[str, dict[str, Callable]] = {
     "marble": {"crack": _crack, "spot": _spot, "stain": _stain},
     "washer": {"scratch": _scratch, "crack": _crack, "missing": _missing},
 }
-CATEGORIES = tuple(RENDERERS)
+CATEGORIES = SYNTHETIC_CATEGORIES
+assert set(RENDERERS) == set(CATEGORIES), "every listed category needs a renderer"
 GRAYSCALE = frozenset({"marble"})
 
 

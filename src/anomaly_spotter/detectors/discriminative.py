@@ -1,9 +1,9 @@
-"""The DRAEM-style discriminative half: a segmentation head and its focal + Dice loss.
+"""``model.kind: discriminative``: DRAEM-style, an autoencoder plus a segmentation head, and its loss.
 
-The reconstruction autoencoder (:mod:`anomaly_spotter.model`) turns an image into its
+The reconstruction autoencoder (:mod:`anomaly_spotter.detectors.autoencoder`) turns an image into its
 "normal" version; :class:`SegmentationHead` looks at both side by side and predicts, per pixel,
 whether the two differ because of a defect. It is trained on synthetic anomalies
-(:mod:`anomaly_spotter.synthetic_anomalies`) with :class:`SegmentationLoss`.
+(:mod:`anomaly_spotter.pasted_anomalies`) with :class:`SegmentationLoss`.
 
 Shapes for a 128 px input, ``base_channels=16``, ``depth=3``::
 
@@ -36,12 +36,23 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_spotter.model import double_conv
+from anomaly_spotter.anomaly_map import head_map
+from anomaly_spotter.config import LossConfig, ModelConfig, ScoreConfig
+from anomaly_spotter.detectors.autoencoder import AutoencoderUNetLite, double_conv, reconstruction_map
+from anomaly_spotter.detectors.base import RECONSTRUCTING_OUTPUTS, GradientDetector
+from anomaly_spotter.detectors.losses import ReconstructionLoss
+
+if TYPE_CHECKING:
+    from anomaly_spotter.config import Params
+
+# Constructor defaults are params.yaml's (through the config dataclasses): stated once.
+_MODEL, _LOSS = ModelConfig(), LossConfig()
 
 
 class SegmentationHead(nn.Module):
@@ -53,7 +64,7 @@ class SegmentationHead(nn.Module):
             of at least 2**depth pixels works: upsampled features are resized to their skip's size.
     """
 
-    def __init__(self, base_channels: int = 16, depth: int = 3) -> None:
+    def __init__(self, base_channels: int = _MODEL.head_channels, depth: int = _MODEL.head_depth) -> None:
         super().__init__()
         if isinstance(base_channels, bool) or not isinstance(base_channels, int) or base_channels < 1:
             raise ValueError(f"base_channels must be a positive integer, got {base_channels!r}")
@@ -113,7 +124,7 @@ class SegmentationLoss(nn.Module):
     Total: ``focal_weight * focal + dice_weight * dice``.
     """
 
-    def __init__(self, focal_gamma: float = 2.0, dice_weight: float = 1.0, focal_alpha: float | None = None, dice_smooth: float = 1.0, focal_weight: float = 1.0) -> None:
+    def __init__(self, focal_gamma: float = 2.0, dice_weight: float = _LOSS.dice, focal_alpha: float | None = None, dice_smooth: float = 1.0, focal_weight: float = _LOSS.focal) -> None:
         super().__init__()
         if focal_weight < 0:
             raise ValueError(f"focal_weight must be >= 0, got {focal_weight!r}")
@@ -160,3 +171,75 @@ class SegmentationLoss(nn.Module):
         dice = 1.0 - (2.0 * overlap + self.dice_smooth) / (predicted + actual + self.dice_smooth)
         total = self.focal_weight * focal + self.dice_weight * dice
         return total, {"focal": float(focal.detach()), "dice": float(dice.detach())}
+
+
+class DraemLoss(nn.Module):
+    """The discriminative kind's objective: ``params.loss`` reconstruction terms + :class:`SegmentationLoss`."""
+
+    def __init__(self, config: LossConfig) -> None:
+        super().__init__()
+        self.reconstruction = ReconstructionLoss(config)
+        self.segmentation = SegmentationLoss(focal_weight=config.focal, dice_weight=config.dice)
+
+    def forward(self, output: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor, mask: torch.Tensor, sum_over_batch: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        reconstruction, logits = output
+        loss, parts = self.reconstruction(reconstruction, target, mask)
+        segmentation, segmentation_parts = self.segmentation(logits.float(), mask, sum_over_batch)
+        return loss + segmentation, {**parts, **segmentation_parts}
+
+
+class DiscriminativeDetector(GradientDetector):
+    """DRAEM-style detector: the autoencoder removes anomalies, a segmentation head finds them.
+
+    ``forward(x)`` returns ``(reconstruction, logits)``: (N, 3, S, S) in [-1, 1] and the
+    head's anomaly logits (N, 1, S, S) from the input and its reconstruction side by side.
+
+    >>> detector = DiscriminativeDetector(AutoencoderUNetLite(8, 16, image_size=32), SegmentationHead(4, 2))
+    >>> [tuple(t.shape) for t in detector(torch.zeros(2, 3, 32, 32))]
+    [(2, 3, 32, 32), (2, 1, 32, 32)]
+    """
+
+    kind = "discriminative"
+    onnx_outputs = RECONSTRUCTING_OUTPUTS
+
+    def __init__(self, reconstructor: AutoencoderUNetLite, head: SegmentationHead) -> None:
+        super().__init__()
+        self.reconstructor = reconstructor
+        self.head = head
+        self.image_size = reconstructor.image_size
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        reconstruction = self.reconstructor(x)  # (N, 3, S, S)
+        return reconstruction, self.head(x, reconstruction)  # logits (N, 1, S, S)
+
+    # -- the Detector interface -----------------------------------------------------------------
+    @classmethod
+    def from_params(cls, params: Params) -> DiscriminativeDetector:
+        return cls(AutoencoderUNetLite.from_params(params), SegmentationHead(params.model.head_channels, params.model.head_depth))
+
+    @classmethod
+    def from_architecture(cls, arch: dict[str, Any]) -> DiscriminativeDetector:
+        return cls(AutoencoderUNetLite.from_architecture(arch), SegmentationHead(arch["head_channels"], arch["head_depth"]))
+
+    def architecture(self) -> dict[str, Any]:
+        return {
+            **self.reconstructor.architecture(),
+            "kind": self.kind,
+            "head_channels": self.head.encoders[0][0].out_channels,
+            "head_depth": self.head.depth,
+        }
+
+    @classmethod
+    def training_loss(cls, params: Params) -> DraemLoss:
+        """Reconstruction loss against the clean image plus focal + Dice on the pasted mask."""
+        return DraemLoss(params.loss)
+
+    def anomaly_maps(self, images: torch.Tensor, output: tuple[torch.Tensor, torch.Tensor], config: ScoreConfig) -> torch.Tensor:
+        reconstruction, logits = output
+        kind = self.map_kind(config.map)
+        if kind == "head":
+            return head_map(logits, smoothing_sigma=config.smoothing_sigma)
+        return reconstruction_map(images, reconstruction, kind, config)
+
+    def reconstruction(self, output: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return output[0]

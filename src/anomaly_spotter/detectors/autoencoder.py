@@ -1,4 +1,4 @@
-"""``AutoencoderUNetLite``: the reconstruction model, one per category.
+"""``model.kind: reconstruction``: the U-Net autoencoder, scored by its reconstruction error.
 
 Shapes for the default 128 px input and ``base_channels=32``::
 
@@ -26,16 +26,21 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from anomaly_spotter.errors import UserError
+from anomaly_spotter.anomaly_map import anomaly_map
+from anomaly_spotter.config import ModelConfig, PreprocessConfig, ScoreConfig
+from anomaly_spotter.detectors.base import RECONSTRUCTING_OUTPUTS, GradientDetector
+from anomaly_spotter.detectors.losses import ReconstructionLoss
 
 if TYPE_CHECKING:
-    from anomaly_spotter.config import ModelConfig
+    from anomaly_spotter.config import Params
+
+# Constructor defaults are params.yaml's (through the config dataclasses): stated once.
+_MODEL, _PREPROCESS = ModelConfig(), PreprocessConfig()
 
 DOWNSAMPLINGS = 3  # the input side must be divisible by 2**3
 
@@ -52,7 +57,19 @@ def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class AutoencoderUNetLite(nn.Module):
+def reconstruction_map(images: torch.Tensor, reconstruction: torch.Tensor, kind: str, config: ScoreConfig) -> torch.Tensor:
+    """The reconstruction-error map ``kind`` (l2 | ssim | combined) of ``config``: (N, S, S) float32."""
+    return anomaly_map(
+        images,
+        reconstruction,
+        kind=kind,
+        ssim_window=config.ssim_window,
+        combined_ssim_weight=config.combined_ssim_weight,
+        smoothing_sigma=config.smoothing_sigma,
+    )
+
+
+class AutoencoderUNetLite(GradientDetector):
     """U-Net-shaped convolutional autoencoder with selectable skip connections.
 
     Args:
@@ -63,12 +80,15 @@ class AutoencoderUNetLite(nn.Module):
         image_size: expected input side (for input validation only).
     """
 
+    kind = "reconstruction"
+    onnx_outputs = RECONSTRUCTING_OUTPUTS
+
     def __init__(
         self,
-        base_channels: int = 32,
-        bottleneck_channels: int = 512,
-        skips: Sequence[int] = (),
-        image_size: int = 128,
+        base_channels: int = _MODEL.base_channels,
+        bottleneck_channels: int = _MODEL.bottleneck_channels,
+        skips: Sequence[int] = _MODEL.skips,
+        image_size: int = _PREPROCESS.image_size,
     ) -> None:
         super().__init__()
         if image_size % 2**DOWNSAMPLINGS:
@@ -123,83 +143,37 @@ class AutoencoderUNetLite(nn.Module):
         d1 = self.dec1(self._merge(1, self.up1(d2), e1))  # (N, c1, S, S)
         return torch.tanh(self.head(d1))  # (N, 3, S, S) in [-1, 1]
 
+    # -- the Detector interface -----------------------------------------------------------------
+    @classmethod
+    def from_params(cls, params: Params) -> AutoencoderUNetLite:
+        config = params.model
+        return cls(config.base_channels, config.bottleneck_channels, config.skips, params.preprocess.image_size)
+
+    @classmethod
+    def from_architecture(cls, arch: dict[str, Any]) -> AutoencoderUNetLite:
+        return cls(arch["base_channels"], arch["bottleneck_channels"], tuple(arch["skips"]), arch["image_size"])
+
+    def architecture(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "base_channels": self.enc1[0].out_channels,
+            "bottleneck_channels": self.bottleneck[0].out_channels,
+            "skips": list(self.skips),
+            "image_size": self.image_size,
+        }
+
+    @classmethod
+    def training_loss(cls, params: Params) -> ReconstructionLoss:
+        """The weighted reconstruction loss ``params.loss`` (against the clean image)."""
+        return ReconstructionLoss(params.loss)
+
+    def anomaly_maps(self, images: torch.Tensor, output: torch.Tensor, config: ScoreConfig) -> torch.Tensor:
+        return reconstruction_map(images, output, self.map_kind(config.map), config)
+
+    def reconstruction(self, output: torch.Tensor) -> torch.Tensor:
+        return output
+
 
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-class DiscriminativeDetector(nn.Module):
-    """DRAEM-style detector: the autoencoder removes anomalies, a segmentation head finds them.
-
-    ``forward(x)`` returns ``(reconstruction, logits)``: (N, 3, S, S) in [-1, 1] and the
-    head's anomaly logits (N, 1, S, S) from the input and its reconstruction side by side.
-
-    >>> from anomaly_spotter.discriminative import SegmentationHead
-    >>> detector = DiscriminativeDetector(AutoencoderUNetLite(8, 16, image_size=32), SegmentationHead(4, 2))
-    >>> [tuple(t.shape) for t in detector(torch.zeros(2, 3, 32, 32))]
-    [(2, 3, 32, 32), (2, 1, 32, 32)]
-    """
-
-    def __init__(self, reconstructor: AutoencoderUNetLite, head: nn.Module) -> None:
-        super().__init__()
-        self.reconstructor = reconstructor
-        self.head = head
-        self.image_size = reconstructor.image_size
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        reconstruction = self.reconstructor(x)  # (N, 3, S, S)
-        return reconstruction, self.head(x, reconstruction)  # logits (N, 1, S, S)
-
-
-AnomalyModel = AutoencoderUNetLite | DiscriminativeDetector
-
-
-def split_output(output: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(reconstruction, logits or None)`` from either model's ``forward`` output."""
-    if isinstance(output, (tuple, list)):
-        return output[0], output[1]
-    return output, None
-
-
-def architecture(config: ModelConfig, image_size: int) -> dict[str, Any]:
-    """What :func:`model_from_architecture` needs, stored in ``model.pt`` so the file rebuilds itself."""
-    arch: dict[str, Any] = {
-        "kind": config.kind,
-        "base_channels": config.base_channels,
-        "bottleneck_channels": config.bottleneck_channels,
-        "skips": list(config.skips),
-        "image_size": image_size,
-    }
-    if config.kind == "discriminative":
-        arch.update(head_channels=config.head_channels, head_depth=config.head_depth)
-    return arch
-
-
-def model_from_architecture(arch: dict[str, Any]) -> AnomalyModel:
-    """The (untrained) model an :func:`architecture` dict describes."""
-    reconstructor = AutoencoderUNetLite(
-        base_channels=arch["base_channels"],
-        bottleneck_channels=arch["bottleneck_channels"],
-        skips=tuple(arch["skips"]),
-        image_size=arch["image_size"],
-    )
-    kind = arch.get("kind")
-    if kind == "reconstruction":
-        return reconstructor
-    if kind != "discriminative":
-        raise UserError(f"unknown model kind {kind!r} in a model file; it was written by another version, retrain it with `dvc repro`")
-    from anomaly_spotter.discriminative import SegmentationHead
-
-    return DiscriminativeDetector(reconstructor, SegmentationHead(arch["head_channels"], arch["head_depth"]))
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[AnomalyModel, dict[str, Any]]:
-    """Rebuild a trained model from ``models/<category>/model.pt`` (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} is missing; run `dvc repro` (or `dvc pull`) to create it")
-    payload = torch.load(path, map_location=device, weights_only=True)
-    model = model_from_architecture(payload["architecture"])
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), payload

@@ -1,0 +1,61 @@
+"""Every ``model.kind``, and ``model.pt`` in and out.
+
+The registry below is the one list of detector classes (a test keeps it equal to
+``config.MAP_KINDS``). Stages build, fit and load detectors only through it.
+
+Example:
+    >>> from anomaly_spotter.config import parse_params
+    >>> detector = build_detector(parse_params({"preprocess": {"image_size": 64}}))
+    >>> detector.kind, detector.image_size
+    ('discriminative', 64)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from anomaly_spotter.detectors.autoencoder import AutoencoderUNetLite
+from anomaly_spotter.detectors.base import Detector
+from anomaly_spotter.detectors.discriminative import DiscriminativeDetector
+from anomaly_spotter.errors import UserError
+
+if TYPE_CHECKING:
+    from anomaly_spotter.config import Params
+
+DETECTORS: dict[str, type[Detector]] = {
+    cls.kind: cls
+    for cls in (
+        AutoencoderUNetLite,
+        DiscriminativeDetector,
+    )
+}
+
+
+def detector_class(kind: str) -> type[Detector]:
+    """The class registered for ``model.kind``; a clear error for a kind this version does not know."""
+    try:
+        return DETECTORS[kind]
+    except KeyError:
+        raise UserError(f"unknown model kind {kind!r}; this version knows {', '.join(DETECTORS)}. A model file of another version: retrain it with `dvc repro`") from None
+
+
+def build_detector(params: Params) -> Detector:
+    """The untrained detector ``params.model`` describes at ``params.preprocess.image_size``."""
+    return detector_class(params.model.kind).from_params(params)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Detector, dict[str, Any]]:
+    """Rebuild a fitted detector from ``models/<category>/model.pt`` (``weights_only=True``); also the payload."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing; run `dvc repro` (or `dvc pull`) to create it")
+    payload = torch.load(path, map_location=device, weights_only=True)
+    detector = detector_class(payload["architecture"].get("kind")).from_architecture(payload["architecture"])
+    detector.load_state_dict(payload["state_dict"])
+    return detector.to(device).eval(), payload
+
+
+__all__ = ["DETECTORS", "Detector", "build_detector", "detector_class", "load_model"]
