@@ -19,6 +19,7 @@ Variants (all share the base params; see ``VARIANTS``):
 ``ae_skips_removal``   all skips, trained to remove synthetic anomalies (corrupted -> clean)
 ``ae_removal``         no skips + defect-removal training
 ``discriminative``     defect removal + segmentation head (DRAEM-style), head map
+``patchcore_*``        memory bank of pretrained features (lite0 / lite2 backbone, 2 % or 1 % coreset)
 =====================  ==========================================================================
 
 Run (the README's tables come from these):
@@ -66,6 +67,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ae_skips_removal": {"model": {"kind": "reconstruction", "skips": [1, 2, 3]}, "anomalies": REMOVAL, "score": {"map": "ssim"}},
     "ae_removal": {"model": {"kind": "reconstruction", "skips": []}, "anomalies": REMOVAL, "score": {"map": "ssim"}},
     "discriminative": {"model": {"kind": "discriminative", "skips": []}, "anomalies": REMOVAL, "score": {"map": "head"}},
+    # Pretrained features, nothing learned (patchcore's other settings: params.yaml's defaults).
+    "patchcore_lite0": {"model": {"kind": "patchcore", "backbone": "efficientnet_lite0"}, "score": {"map": "auto"}},
+    "patchcore_lite2": {"model": {"kind": "patchcore", "backbone": "efficientnet_lite2"}, "score": {"map": "auto"}},
+    "patchcore_lite2_1pc": {"model": {"kind": "patchcore", "backbone": "efficientnet_lite2", "coreset_ratio": 0.01}, "score": {"map": "auto"}},
 }
 
 

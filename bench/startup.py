@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("fetch", "preprocess", "train", "threshold", "evaluate", "report")
+STAGES = ("fetch", "preprocess", "train", "thresholds", "evaluate", "report")
 PROBE = """
 import sys, time, runpy
 sys.path.insert(0, {stages!r})

@@ -20,6 +20,7 @@ import torch
 from anomaly_spotter.detectors.autoencoder import AutoencoderUNetLite
 from anomaly_spotter.detectors.base import Detector
 from anomaly_spotter.detectors.discriminative import DiscriminativeDetector
+from anomaly_spotter.detectors.patchcore import PatchCore
 from anomaly_spotter.errors import UserError
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ DETECTORS: dict[str, type[Detector]] = {
     for cls in (
         AutoencoderUNetLite,
         DiscriminativeDetector,
+        PatchCore,
     )
 }
 
