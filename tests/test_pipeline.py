@@ -5,11 +5,12 @@ repro, repro again (nothing to do), an experiment with a changed loss weight, th
 """
 
 import json
+import subprocess
 import time
 
 import pytest
 
-from conftest import dvc, git, make_project
+from conftest import BIN, dvc, git, make_project, tool_env
 
 pytestmark = pytest.mark.integration
 CATEGORIES = ("weave", "washer")
@@ -90,19 +91,34 @@ def test_metrics_and_plots_diff_between_experiments(experiment):
         assert {"HEAD", "ssim07"} <= revisions
 
 
-def test_queued_sweep_runs_two_experiments_in_parallel(experiment):
+def queue_report(root) -> str:
+    """What the queue did, for a failure message: its status and every task's log."""
+    status = dvc("queue", "status", cwd=root, check=False).stdout
+    tasks = [line.split()[0] for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
+    logs = [dvc("queue", "logs", task, cwd=root, check=False) for task in tasks]
+    return status + "".join(f"\n--- {task}\n{log.stdout}{log.stderr}" for task, log in zip(tasks, logs))
+
+
+def test_queued_sweep_runs_two_experiments_in_parallel(experiment, tmp_path):
     root, _ = experiment
     for weight in ("0.3", "0.9"):
         dvc("exp", "run", "--queue", "-S", f"loss.ssim={weight}", "-n", f"sweep-ssim-{weight}", cwd=root)
-    dvc("queue", "start", "-j", "2", cwd=root)
-    deadline = time.monotonic() + 600
-    while True:
-        status = dvc("queue", "status", cwd=root).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(2)
-    dvc("queue", "stop", cwd=root, check=False)
-    assert status.count("Success") == 2, status
+    # The workers are forked from `dvc queue start` and keep its stdout and stderr open until they
+    # exit: with pipes (capture_output) the call would block for the whole sweep, so they get a file.
+    with open(tmp_path / "queue-start.log", "w") as log:
+        started = subprocess.run([str(BIN / "dvc"), "queue", "start", "-j", "2"], cwd=root, env=tool_env(),
+                                 stdout=log, stderr=subprocess.STDOUT, timeout=120)
+    assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            status = dvc("queue", "status", cwd=root).stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            assert time.monotonic() < deadline, queue_report(root)
+            time.sleep(2)
+        assert status.count("Success") == 2, queue_report(root)
+    finally:
+        dvc("queue", "stop", "--kill", cwd=root, check=False)
     shown = dvc("exp", "show", "--json", cwd=root).stdout
     assert "sweep-ssim-0.3" in shown and "sweep-ssim-0.9" in shown
