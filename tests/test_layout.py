@@ -92,7 +92,7 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
     ("no ground_truth at all", lambda c: shutil.rmtree(c / "ground_truth"), ("ground_truth/", "4 defective test image(s)")),
     (
         "mask of another size",
-        lambda c: write_image(c / "ground_truth" / "crack" / "001_mask.png", np.zeros((16, SIZE), np.uint8)),
+        lambda c: write_image(c / "ground_truth" / "crack" / "001_mask.png", square_mask(1, size=(16, SIZE))),
         ("ground_truth/crack/001_mask.png", "16x32", "test/crack/001.png is 32x32"),
     ),
     (
@@ -173,7 +173,7 @@ def test_all_problems_are_reported_at_once(category):
     _truncate(category / "train" / "good" / "000.png")
     _write(category / "test" / "good" / "001.png", b"")
     (category / "ground_truth" / "scratch" / "001_mask.png").unlink()
-    write_image(category / "ground_truth" / "crack" / "001_mask.png", np.zeros((16, SIZE), np.uint8))
+    write_image(category / "ground_truth" / "crack" / "001_mask.png", square_mask(1, size=(16, SIZE)))
     write_image(category / "ground_truth" / "good" / "000_mask.png", square_mask(0))
     _write(category / "train" / "good" / "notes.txt", b"x")
     with pytest.raises(DataError) as info:

@@ -2,7 +2,7 @@
 
 OpenCV decodes PNG, JPEG, BMP and TIFF. Every image comes back as uint8 RGB (grayscale is
 replicated to three channels so one model serves both kinds of category); masks come back as
-boolean arrays.
+boolean arrays (:func:`read_mask`, the one mask reader).
 
 Example:
     >>> import numpy as np, cv2, tempfile, pathlib
@@ -61,14 +61,69 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1])  # OpenCV decodes BGR
 
 
+def _pack_channels(channels: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8/uint16 channels to one integer per pixel, first channel in the high bits.
+
+    Zero exactly where every channel is zero; distinct colours give distinct integers.
+    """
+    bits = 8 * channels.dtype.itemsize
+    packed = np.zeros(channels.shape[:2], np.uint32 if bits == 8 else np.uint64)
+    for c in range(channels.shape[2]):
+        packed = (packed << bits) | channels[:, :, c]
+    return packed
+
+
 def read_mask_values(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode a mask file to its raw single-channel uint8 values (H, W)."""
-    mask = _decode(Path(path), cv2.IMREAD_GRAYSCALE)
-    return mask
+    """Decode a mask to one unsigned integer per pixel (H, W): 0 where the pixel is good.
+
+    Masks are read at their native bit depth (``IMREAD_UNCHANGED``); ``IMREAD_GRAYSCALE`` would
+    scale a 16-bit mask down to 8 bits (defect values 1 or 255 become 0) and weight colours by
+    luminance. What comes back:
+
+    * grayscale, 8- or 16-bit: the stored values (uint8 / uint16), so 0/1, 0/255 and 0/65535
+      masks all work;
+    * colour (RGB, and palette PNGs, which OpenCV expands to their colours): the channels packed
+      as ``0xRRGGBB`` (uint32; uint64 with 16 bits per channel), so a pixel is non-zero when
+      *any* channel is, and distinct colours stay distinct for the binary check of
+      :mod:`anomaly_spotter.layout`;
+    * alpha is ignored, unless the colour is black everywhere and the alpha varies (black
+      strokes on a transparent canvas): then the alpha alone is the mask. An opaque or
+      constant alpha carries no drawing, and counting it would make every pixel defective.
+
+    A palette PNG is judged by its colours, not its indices: OpenCV expands the palette before
+    we see it, reading indices would take a second decoder for one rare format, and by colour a
+    mask is scored exactly as it looks in any viewer. The case this misses, a defect index whose
+    colour is black, also looks empty in a viewer, and layout validation rejects a defective
+    image whose mask is all zero.
+
+    Raises :class:`DataError` naming the file when it cannot be decoded or is not 8/16-bit.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "m_mask.png"
+    >>> _ = cv2.imwrite(str(p), np.array([[0, 1, 255]], np.uint16))
+    >>> read_mask_values(p).tolist(), read_mask(p).tolist()
+    ([[0, 1, 255]], [[False, True, True]])
+    """
+    mask = _decode(Path(path), cv2.IMREAD_UNCHANGED)
+    if mask.dtype not in (np.uint8, np.uint16):
+        raise DataError([f"{path}: unsupported mask pixel type {mask.dtype}; save the mask as an 8- or 16-bit PNG"])
+    if mask.ndim == 2:
+        return mask
+    if mask.shape[2] == 1:
+        return mask[:, :, 0]
+    has_alpha = mask.shape[2] in (2, 4)
+    colour = mask[:, :, :-1] if has_alpha else mask
+    if colour.shape[2] == 3:
+        colour = colour[:, :, ::-1]  # OpenCV decodes BGR; pack as RGB so the values read as #RRGGBB
+    if has_alpha and not colour.any():
+        alpha = mask[:, :, -1]
+        if alpha.min() != alpha.max():
+            return np.ascontiguousarray(alpha)
+    return colour[:, :, 0].copy() if colour.shape[2] == 1 else _pack_channels(colour)
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode a mask to bool (H, W): any non-zero pixel is defective."""
+    """Decode a mask to bool (H, W): a pixel is defective when its value is > 0 (see :func:`read_mask_values`)."""
     return read_mask_values(path) > 0
 
 

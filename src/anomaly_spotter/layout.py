@@ -7,7 +7,10 @@ The layout every source (synthetic, local folder, MVTec download) must produce::
     <category>/test/<defect>/<name>.<ext>                   defective test images
     <category>/ground_truth/<defect>/<name>_mask.<ext>      0 = good pixel, one value (255 or 1) = defect
 
-``<ext>`` is any of :data:`anomaly_spotter.images.IMAGE_SUFFIXES` (case-insensitive).
+``<ext>`` is any of :data:`anomaly_spotter.images.IMAGE_SUFFIXES` (case-insensitive). Masks are
+read at their native bit depth by :func:`anomaly_spotter.images.read_mask_values` (8- or 16-bit
+grayscale, RGB or palette: a pixel is defective when any channel is > 0). A defective image's
+mask must mark at least one pixel: an all-zero mask would count its defect as normal pixels.
 
 :func:`find_problems` reports *every* problem at once (a user fixing a 400-image folder should
 not have to rerun the stage once per broken file). Each problem names the file or folder,
@@ -281,15 +284,38 @@ def _check_test_image(item: TestImage, root: Path) -> list[str]:
             f"{item.path.relative_to(root).as_posix()} is {size[0]}x{size[1]}; masks must be the same size as their image"
         )
     # Binary means 0 plus at most one foreground value, so both 0/1 and 0/255 masks pass.
-    present = np.flatnonzero(np.bincount(values.ravel(), minlength=256))
+    present = _distinct(values)
     foreground = present[present > 0]
     if len(foreground) > 1:
-        shown = ", ".join(str(v) for v in present[:6]) + (", ..." if len(present) > 6 else "")
+        shown = ", ".join(_shown(int(v), values.dtype) for v in present[:6]) + (", ..." if len(present) > 6 else "")
         problems.append(
-            f"{mask_rel}: mask is not binary, it holds {len(present)} distinct values ({shown}); use 0 for good pixels and "
-            f"one value (255 or 1) for defects, saved as PNG (JPEG compression and smooth resizing add in-between values)"
+            f"{mask_rel}: mask is not binary, it holds {len(present)} distinct values ({shown}); use 0 (black) for good pixels and "
+            f"one value (255 or 1, or one colour) for defects, saved as PNG (JPEG compression and smooth resizing add in-between values)"
+        )
+    elif not len(foreground):
+        # Its defect pixels would silently count as normal in pixel AUROC and AU-PRO.
+        problems.append(
+            f"{mask_rel}: mask is all zero, so the defective image {item.path.relative_to(root).as_posix()} has no defect pixels; "
+            f"mark the defect with a non-zero value (255 or 1; in a colour or palette PNG any non-black colour) "
+            f"or, if the image shows no defect, move it to test/good/ and delete the mask"
         )
     return problems
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a mask from :func:`read_mask_values` (bincount for 8/16-bit: faster than sorting)."""
+    if values.dtype.itemsize <= 2:
+        return np.flatnonzero(np.bincount(values.ravel()))
+    return np.unique(values)
+
+
+def _shown(value: int, dtype: np.dtype) -> str:
+    """A mask value as the user would write it: grayscale as is, a packed colour as #RRGGBB."""
+    if dtype == np.uint32:
+        return f"#{value:06x}"
+    if dtype == np.uint64:
+        return f"#{value:012x}"  # 16 bits per channel
+    return str(value)
 
 
 def _content_problems(listing: CategoryListing) -> list[str]:
@@ -305,9 +331,9 @@ def find_problems(category_dir: str | os.PathLike[str], *, min_train_images: int
     """Every problem with the category at ``category_dir``; an empty list when it is usable.
 
     Checks the folder structure, file types, that every image and mask decodes, that every
-    defective test image has exactly one mask of the same size holding binary values, that no
-    mask lacks an image or belongs to a good image, and that ``train/good`` holds at least
-    ``min_train_images`` images.
+    defective test image has exactly one mask of the same size holding binary values with at
+    least one defect pixel, that no mask lacks an image or belongs to a good image, and that
+    ``train/good`` holds at least ``min_train_images`` images.
 
     >>> find_problems("data/raw/bottle", min_train_images=10)  # doctest: +SKIP
     ['ground_truth/crack/001_mask.png: mask without an image (no test/crack/001.*); delete it or add the image']
