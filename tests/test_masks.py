@@ -1,5 +1,5 @@
-"""Ground-truth masks: one reader at native bit depth (images.read_mask) and the all-zero check of
-layout validation."""
+"""Ground-truth masks: one reader at native bit depth (images.read_mask), the all-zero check of
+layout validation, and resizing to model resolution without losing thin defects (images.resize_mask)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_data import SIZE, make_category, square_mask, write_image
+from conftest_data import SIZE, make_category, square_mask, texture, write_image
 
+from anomaly_spotter.config import PreprocessConfig
 from anomaly_spotter.errors import DataError
-from anomaly_spotter.images import read_mask, read_mask_values
+from anomaly_spotter.images import read_mask, read_mask_values, resize_mask
 from anomaly_spotter.layout import find_problems, validate_category
+from anomaly_spotter.preprocessing import preprocess_category
+from anomaly_spotter.processed import load_processed
 
 MASK = "ground_truth/crack/000_mask.png"
 
@@ -149,3 +152,99 @@ def test_empty_masks_are_listed_with_the_other_problems(tmp_path):
     assert sum("ground_truth/scratch/001_mask.png: mask is all zero" in p for p in problems) == 1
     assert sum("ground_truth/scratch/001_mask.png: mask is 16x32" in p for p in problems) == 1
     assert sum("ground_truth/good/000_mask.png: a mask for a good image" in p for p in problems) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Resizing to model resolution
+# ---------------------------------------------------------------------------------------------
+
+
+def _scratches(count: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """1-px wide horizontal, vertical and diagonal scratches at random places in 1024x1024."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        mask = np.zeros((1024, 1024), bool)
+        kind = ("horizontal", "vertical", "diagonal", "anti-diagonal")[i % 4]
+        start, length = (int(v) for v in rng.integers(0, 1024, 2))
+        length = max(1, length // 4)
+        steps = np.arange(length)
+        if kind == "horizontal":
+            rows, cols = np.full(length, start), (int(rng.integers(0, 1024)) + steps) % 1024
+        elif kind == "vertical":
+            rows, cols = (int(rng.integers(0, 1024)) + steps) % 1024, np.full(length, start)
+        else:
+            rows = (start + steps) % 1024
+            col0 = int(rng.integers(0, 1024))
+            cols = (col0 + steps) % 1024 if kind == "diagonal" else (col0 - steps) % 1024
+        mask[rows, cols] = True
+        out.append((f"{kind}{i}", mask))
+    return out
+
+
+@pytest.mark.parametrize("name, mask", _scratches(20), ids=[name for name, _ in _scratches(20)])
+def test_a_thin_scratch_marks_exactly_the_blocks_it_touches(name, mask):
+    small = resize_mask(mask, 128)
+    assert small.shape == (128, 128) and small.dtype == bool
+    rows, cols = np.nonzero(mask)
+    expected = np.zeros((128, 128), bool)
+    expected[rows // 8, cols // 8] = True  # 1024 / 128: each output pixel is an 8x8 block
+    assert small.any()
+    assert np.array_equal(small, expected)
+
+
+def test_a_single_pixel_survives_any_block_position():
+    for row, col in [(0, 0), (7, 7), (8, 8), (1023, 1023), (515, 2)]:
+        mask = np.zeros((1024, 1024), bool)
+        mask[row, col] = True
+        assert np.argwhere(resize_mask(mask, 128)).tolist() == [[row // 8, col // 8]]
+
+
+def test_non_square_masks_keep_height_and_width_apart():
+    # 700 rows -> 128: a block is 700/128 = 5.47 rows; 1024 columns -> 128: 8 columns.
+    mask = np.zeros((700, 1024), bool)
+    mask[690, :] = True  # row 690 lies inside output row 126 = [689.06, 694.53)
+    mask[:, 1000] = True  # column 1000 lies inside output column 125
+    small = resize_mask(mask, 128)
+    assert small.shape == (128, 128)
+    assert np.flatnonzero(small.all(axis=1)).tolist() == [126]
+    assert np.flatnonzero(small.all(axis=0)).tolist() == [125]
+    assert small.sum() == 128 + 128 - 1
+
+
+def test_a_pixel_straddling_two_blocks_marks_both():
+    mask = np.zeros((700, 700), bool)
+    mask[5, 5] = True  # 700/128: row and column 5 span [5, 6), across the block edge at 5.47
+    assert np.argwhere(resize_mask(mask, 128)).tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+
+
+def test_enlarging_is_exact():
+    mask = np.random.default_rng(1).random((16, 16)) < 0.3
+    assert np.array_equal(resize_mask(mask, 64), np.kron(mask, np.ones((4, 4), bool)))
+    assert np.array_equal(resize_mask(mask, 16), mask)
+
+
+def test_one_axis_shrinks_the_other_grows():
+    mask = np.zeros((20, 300), bool)
+    mask[5, 150] = True
+    small = resize_mask(mask, 128)
+    assert np.flatnonzero(small.any(axis=0)).tolist() == [64]  # 300/128 = 2.34: column 150 lies in [150, 152.3)
+    assert np.flatnonzero(small.any(axis=1)).tolist() == [i for i in range(128) if i * 20 // 128 == 5]  # nearest rows
+
+
+def test_preprocess_keeps_a_thin_scratch_as_uint8_0_1(tmp_path):
+    raw = tmp_path / "raw"
+    for i in range(3):
+        write_image(raw / "train" / "good" / f"{i:03d}.png", texture(i, size=(128, 128)))
+    write_image(raw / "test" / "good" / "000.png", texture(10, size=(128, 128)))
+    write_image(raw / "test" / "scratch" / "000.png", texture(11, size=(128, 128)))
+    scratch = np.zeros((128, 128), np.uint16)
+    scratch[5, 10:90] = 1  # 16-bit 0/1, and on row 5, which nearest-neighbour to 32 (rows 0, 4, 8, ...) skipped
+    write_image(raw / "ground_truth" / "scratch" / "000_mask.png", scratch)
+    preprocess_category(raw, tmp_path / "processed", PreprocessConfig(image_size=32, val_fraction=0.3))
+    data = load_processed(tmp_path / "processed")
+    masks = np.asarray(data.test_masks)
+    assert masks.dtype == np.uint8 and set(np.unique(masks).tolist()) == {0, 1}
+    index = [item.defect_type for item in data.test_items].index("scratch")
+    assert np.array_equal(masks[index].astype(bool), resize_mask(scratch > 0, 32))
+    assert np.argwhere(masks[index]).tolist() == [[1, col] for col in range(2, 23)]

@@ -2,7 +2,8 @@
 
 OpenCV decodes PNG, JPEG, BMP and TIFF. Every image comes back as uint8 RGB (grayscale is
 replicated to three channels so one model serves both kinds of category); masks come back as
-boolean arrays (:func:`read_mask`, the one mask reader).
+boolean arrays (:func:`read_mask`, the one mask reader) and are brought to model resolution by
+:func:`resize_mask`, never by :func:`resize`.
 
 Example:
     >>> import numpy as np, cv2, tempfile, pathlib
@@ -133,15 +134,38 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[1])
 
 
-def resize(image: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
-    """Resize an (H, W[, C]) array to ``size`` x ``size`` (area filter down, linear up; nearest for masks)."""
-    if nearest:
-        interpolation = cv2.INTER_NEAREST
-    elif image.shape[0] >= size and image.shape[1] >= size:
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (H, W[, C]) image to ``size`` x ``size`` (area filter down, linear up); masks use :func:`resize_mask`."""
+    if image.shape[0] >= size and image.shape[1] >= size:
         interpolation = cv2.INTER_AREA  # area averaging avoids aliasing when shrinking
     else:
         interpolation = cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize a bool (H, W) mask to bool (``size``, ``size``) without losing a defect pixel.
+
+    Every axis that shrinks is area-averaged on the 0/1 mask and thresholded at > 0, so an output
+    pixel is defective when its block holds any defective input pixel; nearest neighbour samples
+    one pixel per block and drops a 1-px scratch at 1024 -> 128. The average is taken in
+    float32, where a 1/64 share stays > 0 (in uint8 it would round to 0). Every axis that grows
+    uses nearest neighbour, which copies each input pixel whole, so enlarging is exact.
+
+    >>> scratch = np.zeros((1024, 1024), bool)
+    >>> scratch[517, :] = True                  # a 1-px horizontal scratch
+    >>> small = resize_mask(scratch, 128)
+    >>> small.shape, np.flatnonzero(small.any(axis=1)).tolist()   # 517 // 8 == 64
+    ((128, 128), [64])
+    """
+    height, width = mask.shape
+    shrunk = (min(height, size), min(width, size))
+    out = mask.astype(bool)
+    if shrunk != (height, width):
+        out = cv2.resize(out.astype(np.float32), (shrunk[1], shrunk[0]), interpolation=cv2.INTER_AREA) > 0
+    if shrunk != (size, size):
+        out = cv2.resize(out.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return out
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -17,7 +17,7 @@ import numpy as np
 from anomaly_spotter.config import PreprocessConfig
 from anomaly_spotter.errors import DataError
 from anomaly_spotter.fileio import staging_dir, write_json
-from anomaly_spotter.images import read_image, read_mask, resize
+from anomaly_spotter.images import read_image, read_mask, resize, resize_mask
 from anomaly_spotter.layout import list_category, validate_category
 from anomaly_spotter.processed import save_npy
 
@@ -74,7 +74,7 @@ def preprocess_category(raw_dir: str | Path, out_dir: str | Path, config: Prepro
         items = []
         for i, (item, (height, width)) in enumerate(zip(listing.test, test_sizes)):
             if item.mask is not None:
-                masks[i] = resize(read_mask(item.mask).astype(np.uint8), size, nearest=True)
+                masks[i] = resize_mask(read_mask(item.mask), size)  # area rule: thin defects survive
             items.append(
                 {
                     "file": item.path.relative_to(raw_dir).as_posix(),
