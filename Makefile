@@ -8,7 +8,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup repro test bench browser clean-venv
+.PHONY: setup repro test bench browser readme clean-venv
 
 setup: $(VENV)/.installed .dvc/tmp/plots_template.html
 
@@ -31,6 +31,10 @@ node_modules/.installed: package.json package-lock.json
 
 repro: setup
 	dvc repro
+
+# The README's results table, rewritten from metrics/summary.json (tests/test_readme.py checks it).
+readme: setup
+	python -m anomaly_spotter.readme_table
 
 test: setup browser
 	python -m pytest

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 # The built-in synthetic dataset (anomaly_spotter.synthetic_dataset renders each of them).
 SYNTHETIC_CATEGORIES: tuple[str, ...] = ("weave", "marble", "washer")
+# What each of them stands for (the README's results table says it).
+SYNTHETIC_DESCRIPTIONS: dict[str, str] = {"weave": "regular texture", "marble": "irregular texture, grey", "washer": "object"}
 
 # MVTec AD's 15 categories (shared/reference/mvtec_ad.md).
 MVTEC_CATEGORIES: tuple[str, ...] = (

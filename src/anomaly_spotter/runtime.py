@@ -60,3 +60,23 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
             native = False
         return torch.bfloat16 if native else None
     return None
+
+
+def kernel_record(device: torch.device, precision: torch.dtype | None) -> dict[str, str | int]:
+    """What, besides code, params and data, decides a fitted model's exact bits (kept in ``model.pt``).
+
+    Two fits with the same record and the same software are byte-identical; another CPU
+    capability, precision or thread count gives a model that differs in its last bits, and
+    metrics that move a little (README, "Reproducibility"). ``precision`` is the autocast dtype
+    (None: float32).
+
+    >>> sorted(kernel_record(torch.device("cpu"), None))
+    ['cpu_capability', 'device', 'precision', 'threads', 'torch']
+    """
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # ATen's vector kernels: DEFAULT, AVX2, AVX512
+        "precision": str(precision or torch.float32).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "torch": str(torch.__version__),  # a plain str: TorchVersion would not load with weights_only
+    }

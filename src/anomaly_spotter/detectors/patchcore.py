@@ -480,7 +480,7 @@ class PatchCore(Detector):
         """
         from dvclive import Live  # deferred: only fitting logs
 
-        from anomaly_spotter.runtime import seed_everything, select_device
+        from anomaly_spotter.runtime import kernel_record, seed_everything, select_device
         from anomaly_spotter.scoring import score_images
 
         started = time.perf_counter()
@@ -511,6 +511,7 @@ class PatchCore(Detector):
             "coverage_radius": radius,
             "backbone_file": detector.weights_file,
             "backbone_sha256": detector.weights_sha256,
+            "trained_with": kernel_record(device, None),
         }
         state = {name: tensor.detach().cpu() for name, tensor in detector.state_dict().items()}
         save_model_file(run.model_path, state, detector.architecture(), **extra)

@@ -42,7 +42,7 @@ from anomaly_spotter.data import AnomalyDataset
 from anomaly_spotter.detectors.base import FitResult, FitRun, GradientDetector, save_model_file
 from anomaly_spotter.errors import TrainingError, UserError
 from anomaly_spotter.pasted_anomalies import AnomalyGenerator
-from anomaly_spotter.runtime import autocast_dtype, seed_everything, select_device
+from anomaly_spotter.runtime import autocast_dtype, kernel_record, seed_everything, select_device
 from anomaly_spotter.training.checkpoint import CHECKPOINT_NAME, RunState, fingerprint, save_checkpoint, try_resume
 from anomaly_spotter.training.logs import log_epoch, open_log, quiet, sample_grid
 from anomaly_spotter.training.optim import make_optimizer, make_scheduler, step_scheduler
@@ -239,10 +239,16 @@ class Trainer:
         live.summary["best_val_loss"] = state.best_val
         live.end()
         details = {"epochs_run": epoch + 1 - resumed_from, "best_epoch": state.best_epoch, "best_val_loss": state.best_val, "resumed_from": resumed_from}
-        summary = f"best validation loss {state.best_val:.5f} at epoch {state.best_epoch}"
+        kernels = kernel_record(self.device, self.amp_dtype)
+        summary = (
+            f"best validation loss {state.best_val:.5f} at epoch {state.best_epoch} "
+            f"({kernels['precision']}, {kernels['device']} {kernels['cpu_capability']}, {kernels['threads']} threads)"
+        )
         if not self.context.is_main:
             return FitResult(False, summary, details)
-        save_model_file(model_path, state.best_state, self.model.architecture(), best_epoch=state.best_epoch, best_val_loss=state.best_val)
+        save_model_file(
+            model_path, state.best_state, self.model.architecture(), best_epoch=state.best_epoch, best_val_loss=state.best_val, trained_with=kernels
+        )
         return FitResult(True, summary, details)
 
 

@@ -1,0 +1,229 @@
+"""Cross-machine drift: how far models and metrics move when only the CPU's instruction set changes.
+
+Same code, same params, same data; only the kernels differ. On one machine, other x86 CPUs are
+emulated by capping what PyTorch and oneDNN may use:
+
+==============  =====================================================  ==========================
+ISA level       environment                                            what it stands for
+==============  =====================================================  ==========================
+``native``      (nothing)                                              this CPU as it is
+``avx512``      ``ATEN_CPU_CAPABILITY=avx512 ONEDNN_MAX_CPU_ISA=        AVX-512 without bfloat16
+                AVX512_CORE``                                          instructions (older Xeons)
+``avx2``        ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``   desktops, most laptops
+``default``     ``ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=       no vector kernels
+                SSE41``
+==============  =====================================================  ==========================
+
+``train.amp: true`` (the default) trains in bfloat16 only where oneDNN reports a bfloat16 path
+(``runtime.autocast_dtype``), so on ``avx2`` and ``default`` it trains in float32, as a real
+AVX2 machine would; each row says which precision it actually used.
+
+One `dvc repro` of a clone of the committed project (built-in synthetic data, three categories)
+runs natively; every other run copies it with its data and re-runs train onwards under its ISA
+cap. Per run this prints, against the native run of the same kind and precision and against the
+native run of the same kind with ``train.amp`` as committed:
+
+* whether the fitted weights in ``model.pt`` are bit-identical, and the largest relative change of a test image score;
+* the largest change over categories of image AUROC, pixel AUROC and AU-PRO;
+* image AUROC on nested subsets of the test split (``--subsets``, images per class as
+  ``good/defect-per-type``), to see how many test images keep the drift below 0.01.
+
+Run (the README's table comes from this):
+    python bench/isa_drift.py --out bench/results/isa_drift.json
+    python bench/isa_drift.py --kinds patchcore --isas native avx2     # a subset
+
+Takes about 3 to 6 minutes per run on 2 cores (``default`` is several times slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from sklearn.metrics import roc_auc_score
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ISAS: dict[str, dict[str, str]] = {
+    "native": {},
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "default": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+# Each kind as a user switches to it (README, "Detectors"); params.yaml's defaults otherwise.
+KINDS: dict[str, dict[str, Any]] = {
+    "discriminative": {},
+    "reconstruction": {"model": {"kind": "reconstruction"}, "anomalies": {"probability": 0.0}},
+    "patchcore": {"model": {"kind": "patchcore"}},
+}
+GRADIENT_KINDS = ("discriminative", "reconstruction")  # patchcore learns nothing: no train.amp
+METRICS = ("image_auroc", "pixel_auroc", "au_pro")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def tool_env(isa: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    env.update(ISAS[isa], PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", NO_ALBUMENTATIONS_UPDATE="1", DVC_NO_ANALYTICS="1")
+    return env
+
+
+def precision_used(isa: str, amp: bool) -> str:
+    """The dtype training really uses under this cap (asked of the library in a fresh process)."""
+    if not amp:
+        return "float32"
+    code = "import torch; from anomaly_spotter.runtime import autocast_dtype; print(autocast_dtype(torch.device('cpu')) or 'float32')"
+    out = subprocess.run([sys.executable, "-c", code], env={**tool_env(isa), "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True, check=True)
+    return out.stdout.strip().replace("torch.", "")
+
+
+def run(cmd: list[str], cwd: Path, isa: str) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(cmd, check=False, cwd=cwd, env=tool_env(isa), capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(cmd)} ({isa}) failed:\n{result.stdout}\n{result.stderr}")
+    return time.perf_counter() - start
+
+
+def write_params(clone: Path, override: dict[str, Any]) -> None:
+    sys.path.insert(0, str(ROOT / "src"))
+    from anomaly_spotter.config import deep_merge
+
+    path = clone / "params.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(path.read_text()), override), sort_keys=False))
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """``["data.synthetic.test_good=96"]`` -> nested dict, values parsed as YAML (like ``dvc exp run -S``)."""
+    override: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {assignment!r}: expected key=value")
+        node = override
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return override
+
+
+def subset_auroc(rows: list[dict[str, str]], good: int, per_defect: int) -> float:
+    """Image AUROC on the first ``good`` normal and first ``per_defect`` images of each defect type.
+
+    The synthetic set seeds each image by its index, so these are exactly the images a smaller
+    ``data.synthetic`` test split would hold.
+    """
+    taken = [r for r in rows if int(Path(r["file"]).stem) < (good if r["defect_type"] == "good" else per_defect)]
+    return float(roc_auc_score([int(r["label"]) for r in taken], [float(r["score"]) for r in taken]))
+
+
+def weights_sha256(model_path: Path) -> str:
+    """Hash of the fitted tensors only: model.pt also records the kernels it ran on, which differ by design."""
+    state = torch.load(model_path, map_location="cpu", weights_only=True)["state_dict"]
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def collect(clone: Path, categories: list[str], subsets: list[tuple[int, int]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for cat in categories:
+        metrics = json.loads((clone / "metrics" / f"{cat}.json").read_text())
+        with open(clone / "evaluation" / cat / "scores.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        out[cat] = {
+            **{k: metrics[k] for k in METRICS},
+            "weights_sha256": weights_sha256(clone / "models" / cat / "model.pt"),
+            "threshold": json.loads((clone / "models" / cat / "thresholds.json").read_text())["threshold"],
+            "scores": [float(r["score"]) for r in rows],
+            "subset_auroc": {f"{g}/{d}": subset_auroc(rows, g, d) for g, d in subsets},
+        }
+    return out
+
+
+def compare(run: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """Largest differences over categories between two runs' results."""
+    cats = list(ref)
+    out: dict[str, Any] = {"weights_identical": all(run[c]["weights_sha256"] == ref[c]["weights_sha256"] for c in cats)}
+    for key in METRICS:
+        out[key] = max(abs(run[c][key] - ref[c][key]) for c in cats)
+    out["score_rel"] = max(float(np.max(np.abs(np.subtract(run[c]["scores"], ref[c]["scores"])) / (np.abs(ref[c]["scores"]) + 1e-12))) for c in cats)
+    out["subset_auroc"] = {s: max(abs(run[c]["subset_auroc"][s] - ref[c]["subset_auroc"][s]) for c in cats) for s in ref[cats[0]]["subset_auroc"]}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
+    parser.add_argument("--isas", nargs="+", choices=list(ISAS), default=list(ISAS))
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
+    parser.add_argument("--subsets", nargs="+", default=["24/8", "48/16", "96/32"], help="test images per class: good/defect-per-type")
+    parser.add_argument("--out", help="JSON results")
+    args = parser.parse_args()
+    subsets = [tuple(int(n) for n in s.split("/")) for s in args.subsets]
+    override = parse_set(args.assignments)
+    # The test split must hold the largest subset.
+    big_good, big_defect = max(g for g, _ in subsets), max(d for _, d in subsets)
+    override.setdefault("data", {}).setdefault("synthetic", {}).update(test_good=big_good, test_defect_per_type=big_defect)
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    print(f"# CPU {cpu_model()}, {os.cpu_count()} cores; project {commit}; --set {' '.join(args.assignments) or '(none)'}", flush=True)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(base)], check=True)
+        write_params(base, override)
+        categories = yaml.safe_load((base / "params.yaml").read_text())["data"]["categories"]
+        seconds = run([str(BIN / "dvc"), "repro", *(f"preprocess@{c}" for c in categories)], base, "native")
+        print(f"# fetch + preprocess: {seconds:.0f} s", flush=True)
+        for kind in args.kinds:
+            amps = (True, False) if kind in GRADIENT_KINDS else (False,)
+            runs: dict[tuple[str, str], dict[str, Any]] = {}
+            for amp, isa in product(amps, args.isas):
+                precision = precision_used(isa, amp)
+                if (isa, precision) in runs:
+                    continue  # amp on a CPU without a bfloat16 path: the float32 run again
+                clone = Path(tmp) / f"{kind}-{isa}-{precision}"
+                shutil.copytree(base, clone, symlinks=True)
+                write_params(clone, {**KINDS[kind], "train": {"amp": amp}} if kind in GRADIENT_KINDS else KINDS[kind])
+                seconds = run([str(BIN / "dvc"), "repro"], clone, isa)
+                runs[isa, precision] = {"kind": kind, "isa": isa, "amp": amp, "precision": precision, "seconds": round(seconds),
+                                        "categories": collect(clone, categories, subsets)}
+                shutil.rmtree(clone)
+                print(f"# {kind} {isa} {precision}: {seconds:.0f} s", flush=True)
+            committed = precision_used("native", True) if kind in GRADIENT_KINDS else "float32"
+            for (isa, precision), row in runs.items():
+                references = {"native, same precision": runs.get(("native", precision)), "native, as committed": runs.get(("native", committed))}
+                row["against"] = {name: compare(row["categories"], ref["categories"]) for name, ref in references.items() if ref is not None and ref is not row}
+                results.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "categories"}), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"cpu": cpu_model(), "commit": commit, "set": args.assignments, "subsets": args.subsets, "runs": results}, indent=1) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
