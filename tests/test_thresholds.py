@@ -91,8 +91,8 @@ def fake_model(kind: str = "discriminative", image_size: int = 32) -> SimpleName
     return SimpleNamespace(image_size=image_size, map_kind=lambda requested: resolve_map_kind(kind, requested))
 
 
-def write_thresholds(path, score=ScoreConfig(), model=None, scores=(0.1, 0.2, 0.3, 0.4)):
-    write_json(path, threshold_report(np.array(scores), ThresholdsConfig(), score_record(score, model or fake_model())))
+def write_thresholds(path, score: ScoreConfig | None = None, scores=(0.1, 0.2, 0.3, 0.4)):
+    write_json(path, threshold_report(np.array(scores), ThresholdsConfig(), score_record(score or ScoreConfig(), fake_model())))
     return path
 
 
