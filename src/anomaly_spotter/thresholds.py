@@ -194,7 +194,7 @@ def threshold_report(val_scores: np.ndarray | Iterable[float], settings: Thresho
         "threshold": select_threshold(candidates, settings.strategy),
         "thresholds": candidates,
         "score": dict(score),
-        "validation": {"source": VALIDATION_SOURCE, "images": int(len(s))},
+        "validation": {"source": VALIDATION_SOURCE, "images": len(s)},
         "validation_scores": {
             "count": int(len(s)),
             "mean": float(s.mean()),
