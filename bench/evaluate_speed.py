@@ -14,7 +14,6 @@ Run: ``python bench/evaluate_speed.py [--images 80 --side 900] [--category weave
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
@@ -70,11 +69,14 @@ def bench_category(category: str) -> None:
     from anomaly_spotter.processed import load_processed
     from anomaly_spotter.scoring import score_images
     from anomaly_spotter.detectors import load_model
+    from anomaly_spotter.thresholds import read_thresholds, score_record
 
     params = load_params(ROOT / "params.yaml", category)
     data = load_processed(ROOT / "data" / "processed" / category)
     model, _ = load_model(ROOT / "models" / category / "model.pt")
-    threshold = json.loads((ROOT / "models" / category / "thresholds.json").read_text())["threshold"]
+    thresholds = read_thresholds(ROOT / "models" / category / "thresholds.json", category=category)
+    thresholds.require_score(score_record(params.score, model), category=category, user="this benchmark")
+    threshold = thresholds.threshold
     print(f"evaluate {category}: {len(data.test)} test images")
     scored = timed("score (model + maps)", score_images, model, data.test, params.score)
     masks, maps = timed("read masks + upsample maps", pixel_inputs, data, ROOT / "data" / "raw" / category, scored.maps, "original")

@@ -2,13 +2,13 @@
 
 import _bootstrap  # noqa: F401  (workspace src/ first)
 
-import json
 from pathlib import Path
 
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
 from anomaly_spotter.evaluation import evaluate_category
 from anomaly_spotter.processed import load_processed
+from anomaly_spotter.thresholds import read_thresholds
 from anomaly_spotter.detectors import load_model
 
 
@@ -24,7 +24,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     params = load_params(args.params, args.category)
     model, _ = load_model(args.model)
-    thresholds = json.loads(Path(args.thresholds).read_text(encoding="utf-8"))
+    thresholds = read_thresholds(args.thresholds, category=args.category)
     results = evaluate_category(
         load_processed(args.data),
         Path(args.raw),

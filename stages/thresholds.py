@@ -7,7 +7,7 @@ from anomaly_spotter.config import load_params
 from anomaly_spotter.fileio import write_json
 from anomaly_spotter.processed import load_processed
 from anomaly_spotter.scoring import score_images
-from anomaly_spotter.thresholds import threshold_report
+from anomaly_spotter.thresholds import score_record, threshold_report
 from anomaly_spotter.detectors import load_model
 
 
@@ -20,7 +20,7 @@ def main(argv=None):
     params = load_params(args.params, args.category)
     model, _ = load_model(args.model)
     validation = score_images(model, load_processed(args.data).val, params.score)
-    write_json(args.out, threshold_report(validation.scores, params.thresholds))
+    write_json(args.out, threshold_report(validation.scores, params.thresholds, score_record(params.score, model)))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,15 @@ def make_processed(root: Path, raw_params: dict, category: str = "weave") -> Pat
     return root / "processed"
 
 
+def validation_thresholds(model, data, params):
+    """What the thresholds stage computes (its report parsed back into a ``Thresholds``), in memory."""
+    from anomaly_spotter.scoring import score_images
+    from anomaly_spotter.thresholds import parse_thresholds, score_record, threshold_report
+
+    report = threshold_report(score_images(model, data.val, params.score).scores, params.thresholds, score_record(params.score, model))
+    return parse_thresholds(report, "thresholds (in memory)")
+
+
 @pytest.fixture
 def tiny_params():
     from anomaly_spotter.config import parse_params

@@ -143,9 +143,7 @@ def test_a_new_kind_runs_through_fit_thresholds_evaluate_and_export(mean_intensi
     from anomaly_spotter.evaluation import evaluate_category
     from anomaly_spotter.export import export_category
     from anomaly_spotter.processed import load_processed
-    from anomaly_spotter.scoring import score_images
-    from anomaly_spotter.thresholds import threshold_report
-    from conftest import TINY_PARAMS, make_processed
+    from conftest import TINY_PARAMS, make_processed, validation_thresholds
 
     params = config.parse_params(TINY_PARAMS)
     root = make_processed(tmp_path, TINY_PARAMS)
@@ -155,7 +153,7 @@ def test_a_new_kind_runs_through_fit_thresholds_evaluate_and_export(mean_intensi
     model, _ = load_model(model_path)
     assert isinstance(model, MeanIntensityDetector)
 
-    thresholds = threshold_report(score_images(model, data.val, params.score).scores, params.thresholds)
+    thresholds = validation_thresholds(model, data, params)
     results = evaluate_category(
         data, tmp_path / "raw", model, thresholds, params, category="weave",
         metrics_path=tmp_path / "metrics.json", plots_dir=tmp_path / "plots", results_dir=tmp_path / "results",

@@ -12,12 +12,10 @@ from anomaly_spotter.evaluation import evaluate_category
 from anomaly_spotter.preprocessing import preprocess_category
 from anomaly_spotter.processed import load_processed
 from anomaly_spotter.report import summarise, write_report
-from anomaly_spotter.scoring import score_images
 from anomaly_spotter.synthetic_dataset import generate_category
-from anomaly_spotter.thresholds import threshold_report
 from anomaly_spotter.detectors import load_model
 from anomaly_spotter.training import train_category
-from conftest import TINY_RECONSTRUCTION as TINY_PARAMS, deep_update
+from conftest import TINY_RECONSTRUCTION as TINY_PARAMS, deep_update, validation_thresholds
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +27,7 @@ def trained(tmp_path_factory):
     data = load_processed(root / "processed")
     train_category(data, params, root / "model.pt", root / "ck", root / "logs", progress=False)
     model, _ = load_model(root / "model.pt")
-    thresholds = threshold_report(score_images(model, data.val, params.score).scores, params.thresholds)
+    thresholds = validation_thresholds(model, data, params)
     return root, params, data, model, thresholds
 
 
@@ -46,7 +44,7 @@ def test_evaluate_writes_metrics_plots_and_results(trained):
     assert written["tp"] + written["fn"] == int(data.test_labels.sum())
     assert written["tn"] + written["fp"] == int((data.test_labels == 0).sum())
     assert set(written["per_defect_image_auroc"]) == {"scratch", "crack", "missing"}
-    assert written["threshold"] == pytest.approx(thresholds["threshold"], rel=1e-9)
+    assert written["threshold"] == pytest.approx(thresholds.threshold, rel=1e-9)
     for name in ("roc.json", "pr.json", "heatmaps.png", "score_histogram.png"):
         assert (root / "plots" / name).stat().st_size > 0
     rows = (root / "results" / "scores.csv").read_text().splitlines()

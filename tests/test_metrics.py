@@ -265,3 +265,59 @@ def test_pro_curve_matches_reference(seed: int, levels: int | None) -> None:
     np.testing.assert_allclose(pro, ref_pro, atol=1e-12)
     capped_fpr, capped_pro = m.pro_curve(masks, maps, max_points=10)
     assert len(capped_fpr) == len(capped_pro) <= 10 and capped_fpr[0] == 0 and capped_fpr[-1] == 1
+
+
+# --------------------------------------------------------------------------- precision of the maps
+
+
+def tiny_spread(maps, spread: float = 1e-9):
+    """``maps`` squeezed into [0.5, 0.5 + spread] in float64: distinct, yet equal once cast to float32."""
+    return [0.5 + spread * amap.astype(np.float64) for amap in maps]
+
+
+def test_float64_maps_keep_scores_that_float32_would_merge() -> None:
+    # 1x4: the defect pixel (3e-10 above 0.5) beats two of the three normal pixels and loses to one.
+    # float32 rounds all four to 0.5: one tie, AUROC 0.5 and AU-PRO(1.0) 0.5. float64 keeps them apart.
+    mask = np.array([[True, False, False, False]])
+    amap = 0.5 + np.array([[3e-10, 4e-10, 1e-10, 2e-10]])
+    assert len(np.unique(amap.astype(np.float32))) == 1 and len(np.unique(amap)) == 4
+    assert m.pixel_auroc([mask], [amap]) == pytest.approx(2 / 3, abs=1e-15)
+    # PRO curve: (0, 0) -> (1/3, 0) at 4e-10, -> (1/3, 1) at 3e-10, -> (1, 1): area 2/3.
+    assert m.au_pro([mask], [amap], fpr_limit=1.0) == pytest.approx(2 / 3, abs=1e-15)
+    # Up to FPR 0.3 PRO is still 0: the normal pixel above the defect covers FPR 0..1/3.
+    assert m.au_pro([mask], [amap], fpr_limit=0.3) == 0.0
+    fpr, pro = m.pro_curve([mask], [amap])
+    assert fpr.tolist() == pytest.approx([0, 1 / 3, 1 / 3, 2 / 3, 1, 1]) and pro.tolist() == [0, 0, 1, 1, 1, 1]
+    # The float32 map stays float32, i.e. the one tie described above.
+    assert m.pixel_auroc([mask], [amap.astype(np.float32)]) == 0.5
+    assert m.au_pro([mask], [amap.astype(np.float32)], fpr_limit=1.0) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_float64_maps_below_float32_resolution_match_float64_references(seed: int) -> None:
+    masks, maps = random_case(seed, levels=None)
+    squeezed = tiny_spread(maps)
+    assert len(np.unique(np.concatenate([x.ravel() for x in squeezed]).astype(np.float32))) < 10  # float32 merges them
+    labels = np.concatenate([x.ravel() for x in masks])
+    expected_auroc = roc_auc_score(labels, np.concatenate([x.ravel() for x in squeezed]))
+    assert m.pixel_auroc(masks, squeezed) == pytest.approx(expected_auroc, abs=1e-12)
+    # Squeezing is a monotone map: the float64 answers are the ones of the well-spread float32 maps.
+    assert m.pixel_auroc(masks, squeezed) == pytest.approx(m.pixel_auroc(masks, maps), abs=1e-12)
+    for fpr_limit in (0.3, 1.0):
+        expected = reference_au_pro(masks, squeezed, fpr_limit)
+        assert m.au_pro(masks, squeezed, fpr_limit=fpr_limit) == pytest.approx(expected, abs=1e-12)
+        assert m.au_pro(masks, squeezed, fpr_limit=fpr_limit) == pytest.approx(m.au_pro(masks, maps, fpr_limit=fpr_limit), abs=1e-9)
+
+
+def test_float32_maps_get_no_float64_copy(monkeypatch) -> None:
+    """Memory: the defect-free buffer of float32 maps is float32 (half of float64 on MVTec-sized sets)."""
+    masks, maps = random_case(seed=1, levels=None)
+    seen = []
+    original = m._normal_scores
+    monkeypatch.setattr(m, "_normal_scores", lambda pairs: seen.append(original(pairs).dtype) or original(pairs))
+    m.pixel_auroc(masks, maps)
+    m.au_pro(masks, maps)
+    m.pixel_auroc(masks, [x.astype(np.float16) for x in maps])
+    assert seen == [np.float32] * 3
+    m.pixel_auroc(masks, [x.astype(np.float64) for x in maps])
+    assert seen[-1] == np.float64

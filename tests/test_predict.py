@@ -25,6 +25,7 @@ from anomaly_spotter.predict import RESULTS_NAME, collect_images, load_detector,
 from anomaly_spotter.detectors.base import save_model_file
 from anomaly_spotter.scoring import score_images
 from anomaly_spotter.detectors import build_detector
+from anomaly_spotter.thresholds import ThresholdsMismatchError, score_record
 from conftest import REPO, TINY_PARAMS, deep_update, dvc, git, run
 
 CATEGORY = "weave"
@@ -40,13 +41,21 @@ def save_model(path: Path, raw_params: dict, seed: int) -> None:
     save_model_file(path, model.state_dict(), model.architecture(), best_epoch=1, best_val_loss=0.0)
 
 
-def save_thresholds(path: Path, threshold: float) -> None:
+def save_thresholds(path: Path, threshold: float, raw_params: dict | None = None) -> None:
+    """A thresholds.json with ``threshold``, recording the score params of ``raw_params``
+    (default: the params.yaml of the workspace holding ``path``), as the thresholds stage would."""
+    if raw_params is None:
+        raw_params = yaml.safe_load((path.parents[2] / "params.yaml").read_text())
+    params = parse_params(raw_params)
     path.write_text(
         json.dumps(
             {
+                "format": 2,
                 "strategy": "percentile_99",
                 "threshold": threshold,
                 "thresholds": {"percentile_95": threshold * 0.9, "percentile_99": threshold},
+                "score": score_record(params.score, build_detector(params)),
+                "validation": {"source": "train/good hold-out", "images": 4},
                 "validation_scores": {"count": 4, "min": threshold * 0.5, "max": threshold, "mean": threshold * 0.8, "std": 0.01},
             }
         )
@@ -238,3 +247,27 @@ def test_rev_reads_model_thresholds_and_params_of_that_revision(workspace):
 
     with pytest.raises(UserError, match="cannot read params.yaml at revision 'no-such-rev'"):
         load_detector(CATEGORY, rev="no-such-rev")
+
+
+def test_thresholds_made_with_other_score_params_are_refused(workspace, capsys):
+    """predict checks thresholds.json's record against params.yaml's score, like evaluate."""
+    raw = yaml.safe_load((workspace / "params.yaml").read_text())
+    raw["score"]["smoothing_sigma"] = 2.0  # params.yaml edited, thresholds not re-run
+    (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ThresholdsMismatchError, match=r"smoothing_sigma is 1\.0 in models/weave/thresholds\.json but 2\.0 now"):
+        load_detector(CATEGORY)
+    assert exit_code(["--category", CATEGORY, "images"]) == 2
+    err = capsys.readouterr().err
+    assert "than predict uses now" in err and "dvc repro thresholds@weave" in err and "Traceback" not in err
+    assert not (workspace / "predictions").exists()
+    save_thresholds(workspace / "models" / CATEGORY / "thresholds.json", THRESHOLD)  # re-run: accepted
+    assert load_detector(CATEGORY).score.smoothing_sigma == 2.0
+
+
+def test_thresholds_without_a_score_record_are_refused(workspace, capsys):
+    path = workspace / "models" / CATEGORY / "thresholds.json"
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("format", "score", "validation")}
+    path.write_text(json.dumps(old))
+    assert exit_code(["--category", CATEGORY, "images"]) == 2
+    err = capsys.readouterr().err
+    assert "models/weave/thresholds.json does not record the score params" in err and "dvc repro thresholds@weave" in err

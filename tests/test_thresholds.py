@@ -5,9 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anomaly_spotter.config import ThresholdsConfig, threshold_names
+import dataclasses
+import json
+from types import SimpleNamespace
+
+from anomaly_spotter.config import ScoreConfig, ThresholdsConfig, resolve_map_kind, threshold_names
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.thresholds import ThresholdError, compute_thresholds, select_threshold, threshold_report
+from anomaly_spotter.fileio import write_json
+from anomaly_spotter.thresholds import (
+    FORMAT_VERSION,
+    VALIDATION_SOURCE,
+    ThresholdError,
+    ThresholdsMismatchError,
+    compute_thresholds,
+    parse_thresholds,
+    read_thresholds,
+    score_record,
+    select_threshold,
+    threshold_report,
+)
 
 
 def test_hand_computed_values() -> None:
@@ -60,8 +76,92 @@ def test_bad_settings() -> None:
 
 def test_threshold_report_uses_the_configured_strategy() -> None:
     scores = np.array([0.1, 0.2, 0.3, 0.4])
-    report = threshold_report(scores, ThresholdsConfig(strategy="iqr_1.5"))
+    report = threshold_report(scores, ThresholdsConfig(strategy="iqr_1.5"), {"map": "ssim"})
     assert report["strategy"] == "iqr_1.5"
     assert report["threshold"] == pytest.approx(0.325 + 1.5 * 0.15)
     assert report["thresholds"] == compute_thresholds(scores)
     assert report["validation_scores"] == {"count": 4, "mean": pytest.approx(0.25), "std": pytest.approx(np.std(scores, ddof=1)), "min": 0.1, "max": 0.4}
+
+
+# --------------------------------------------------------------------------- the score record
+
+
+def fake_model(kind: str = "discriminative", image_size: int = 32) -> SimpleNamespace:
+    """What score_record reads of a detector: its input size and how it resolves score.map."""
+    return SimpleNamespace(image_size=image_size, map_kind=lambda requested: resolve_map_kind(kind, requested))
+
+
+def write_thresholds(path, score: ScoreConfig | None = None, scores=(0.1, 0.2, 0.3, 0.4)):
+    write_json(path, threshold_report(np.array(scores), ThresholdsConfig(), score_record(score or ScoreConfig(), fake_model())))
+    return path
+
+
+def test_score_record_holds_what_shapes_scores_and_nothing_else() -> None:
+    record = score_record(ScoreConfig(), fake_model())
+    score_fields = {f.name for f in dataclasses.fields(ScoreConfig)}
+    assert set(record) == (score_fields - {"batch_size"}) | {"image_size"}
+    assert record["map"] == "head" and record["image_size"] == 32  # auto resolved for the kind
+    # Spelling out what auto means, or another batch size, changes no score: same record.
+    assert score_record(ScoreConfig(map="head", batch_size=3), fake_model()) == record
+    # Every other field does, and so does the model's input size.
+    changed = {"map": "ssim", "ssim_window": 7, "combined_ssim_weight": 0.25, "smoothing_sigma": 1.5, "image_score": "max", "topk_percent": 2.0}
+    assert set(changed) == score_fields - {"batch_size"}  # a new ScoreConfig field needs a line here
+    for name, value in changed.items():
+        other = score_record(dataclasses.replace(ScoreConfig(), **{name: value}), fake_model())
+        assert other[name] == value and {k for k in record if record[k] != other[k]} == {name}
+    assert score_record(ScoreConfig(), fake_model(image_size=64))["image_size"] == 64
+
+
+def test_thresholds_json_records_score_params_and_validation_source(tmp_path) -> None:
+    path = write_thresholds(tmp_path / "thresholds.json", ScoreConfig(smoothing_sigma=2.0))
+    raw = json.loads(path.read_text())
+    assert raw["format"] == FORMAT_VERSION == 2
+    assert raw["score"] == score_record(ScoreConfig(smoothing_sigma=2.0), fake_model())
+    assert raw["validation"] == {"source": VALIDATION_SOURCE, "images": 4}
+    assert "never test images" in VALIDATION_SOURCE and "val_fraction" in VALIDATION_SOURCE
+    assert raw["threshold"] == raw["thresholds"][raw["strategy"]]  # the keys older readers used are kept
+
+    t = read_thresholds(path, category="weave")
+    assert (t.strategy, t.threshold, t.candidates) == (raw["strategy"], raw["threshold"], raw["thresholds"])
+    assert (t.score, t.validation_images, t.normal_score_min, t.where) == (raw["score"], 4, 0.1, str(path))
+    t.require_score(score_record(ScoreConfig(smoothing_sigma=2.0, batch_size=1), fake_model()), category="weave")  # same params: fine
+
+
+def test_other_score_params_are_refused_naming_file_keys_values_and_what_to_run(tmp_path) -> None:
+    path = write_thresholds(tmp_path / "thresholds.json", ScoreConfig(smoothing_sigma=4.0))
+    t = read_thresholds(path, category="weave")
+    now = score_record(ScoreConfig(smoothing_sigma=2.0, image_score="max"), fake_model())
+    with pytest.raises(ThresholdsMismatchError) as info:
+        t.require_score(now, category="weave", user="evaluate")
+    message = str(info.value)
+    assert str(path) in message and "than evaluate uses now" in message
+    assert f"smoothing_sigma is 4.0 in {path} but 2.0 now" in message
+    assert f"image_score is 'topk_mean' in {path} but 'max' now" in message
+    assert "dvc repro thresholds@weave" in message
+    assert isinstance(info.value, UserError)  # stages print it and exit 2, no traceback
+    # Another model (kind or input size) is refused the same way.
+    with pytest.raises(ThresholdsMismatchError, match=r"image_size is 32 .* but 64 now"):
+        t.require_score(score_record(ScoreConfig(smoothing_sigma=4.0), fake_model(image_size=64)))
+    with pytest.raises(ThresholdsMismatchError, match=r"map is 'head' .* but 'ssim' now"):
+        t.require_score(score_record(ScoreConfig(smoothing_sigma=4.0), fake_model(kind="reconstruction")))
+
+
+def test_old_and_broken_files_fail_with_a_message_not_a_key_error(tmp_path) -> None:
+    old = tmp_path / "old.json"  # what the thresholds stage wrote before the record existed
+    old.write_text(json.dumps({"strategy": "percentile_99", "threshold": 0.5, "thresholds": {"percentile_99": 0.5},
+                               "validation_scores": {"count": 4, "min": 0.1, "max": 0.5, "mean": 0.3, "std": 0.1}}))
+    with pytest.raises(ThresholdsMismatchError, match=rf"{old} does not record the score params.*Run `dvc repro thresholds@weave`"):
+        read_thresholds(old, category="weave")
+    cases = {
+        "not_json.json": ("{not json", "is not valid JSON"),
+        "no_threshold.json": (json.dumps({"strategy": "x"}), "is not a thresholds file"),
+        "list.json": ("[1, 2]", "is not a thresholds file"),
+        "bad_validation.json": (json.dumps({"threshold": 0.5, "strategy": "s", "score": {}, "validation": {}}), "is malformed"),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ThresholdError, match=expected):
+            read_thresholds(tmp_path / name)
+    with pytest.raises(ThresholdError, match=r"missing\.json is missing; run `dvc repro thresholds@weave` \(or `dvc pull`\)"):
+        read_thresholds(tmp_path / "missing.json", category="weave")
+    assert parse_thresholds(threshold_report([0.1, 0.2], ThresholdsConfig(), {"map": "l2"}), "memory").score == {"map": "l2"}

@@ -4,8 +4,8 @@ Outputs for one category:
 
 * ``metrics/<category>.json`` – image AUROC, pixel AUROC, AU-PRO (FPR ≤ 0.3), accuracy /
   precision / recall / F1 and confusion counts at the threshold chosen on *normal validation
-  images* (``models/<category>/thresholds.json``), the oracle best F1 (comparison only) and
-  image AUROC per defect type;
+  images* (``models/<category>/thresholds.json``, refused when it records other score params
+  than ``params.score``), the oracle best F1 (comparison only) and image AUROC per defect type;
 * ``plots/<category>/`` – ``roc.json`` and ``pr.json`` (declared in ``dvc.yaml`` so
   ``dvc plots diff`` overlays experiments), ``heatmaps.png`` and ``score_histogram.png``;
 * ``evaluation/<category>/scores.csv`` – one row per test image; with
@@ -37,6 +37,7 @@ from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
 from anomaly_spotter.images import read_mask
 from anomaly_spotter.processed import ProcessedCategory
 from anomaly_spotter.scoring import ScoredImages, score_images
+from anomaly_spotter.thresholds import Thresholds, score_record
 from anomaly_spotter.visualize import HeatmapRow, heatmap_grid_png, score_histogram_png
 
 GOOD = "good"
@@ -123,7 +124,7 @@ def evaluate_category(
     data: ProcessedCategory,
     raw_dir: Path,
     model: Detector,
-    thresholds: dict[str, Any],
+    thresholds: Thresholds,
     params: Params,
     *,
     category: str,
@@ -131,12 +132,17 @@ def evaluate_category(
     plots_dir: Path,
     results_dir: Path,
 ) -> dict[str, Any]:
-    """Score the test set of one category and write every evaluate output; return the metrics."""
-    threshold = float(thresholds["threshold"])
+    """Score the test set of one category and write every evaluate output; return the metrics.
+
+    ``thresholds`` must record the score params used now (``params.score`` with this model),
+    else :class:`~anomaly_spotter.thresholds.ThresholdsMismatchError` says what to re-run.
+    """
+    thresholds.require_score(score_record(params.score, model), category=category, user="evaluate")
+    threshold = thresholds.threshold
     scored = score_images(model, data.test, params.score)
     masks, maps = pixel_inputs(data, Path(raw_dir), scored.maps, params.evaluate.resolution)
     results = compute_metrics(data, scored, threshold, masks, maps)
-    results["threshold_strategy"] = thresholds["strategy"]
+    results["threshold_strategy"] = thresholds.strategy
     labels = data.test_labels
 
     with staging_dir(plots_dir) as plots, staging_dir(results_dir) as out:

@@ -11,7 +11,10 @@ Conventions used throughout:
   class only, no defect regions, non-finite scores), instead of returning NaN.
 
 Pixel metrics are exact (ties included) yet memory-light: the only full-size buffer is one
-float32 copy of the defect-free pixels' scores, sorted or partitioned in place.
+copy of the defect-free pixels' scores, sorted or partitioned in place. Maps keep their
+precision: float64 maps are compared in float64 (casting them down would merge scores that
+differ below float32 resolution and change the result), anything else in float32, so the
+pipeline's float32 maps (MVTec-sized test sets) never get a float64 copy.
 
 Example:
     >>> import numpy as np
@@ -209,8 +212,20 @@ def per_defect_auroc(labels: Sequence[int] | np.ndarray, defect_types: Sequence[
 # --------------------------------------------------------------------------- pixel level
 
 
+def _map_dtype(amap: np.ndarray) -> type[np.floating]:
+    """float64 for float64 maps (exact scores), float32 for everything else (half the memory).
+
+    >>> _map_dtype(np.zeros(2)), _map_dtype(np.zeros(2, np.float16)), _map_dtype(np.zeros(2, np.uint8))
+    (<class 'numpy.float64'>, <class 'numpy.float32'>, <class 'numpy.float32'>)
+    """
+    return np.float64 if amap.dtype == np.float64 else np.float32
+
+
 def _pixel_pairs(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Validated (bool mask, float32 map) pairs; checks shapes, dtypes and finiteness."""
+    """Validated (bool mask, float map) pairs; checks shapes, dtypes and finiteness.
+
+    Maps become float32, except float64 maps, which stay float64 (see :func:`_map_dtype`).
+    """
     if len(masks) != len(maps):
         raise MetricError(f"{len(masks)} masks but {len(maps)} anomaly maps")
     if len(masks) == 0:
@@ -225,7 +240,7 @@ def _pixel_pairs(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> lis
             if not np.issubdtype(mask.dtype, np.integer):
                 raise MetricError(f"image {i}: mask must be boolean or integer, got {mask.dtype}")
             mask = mask != 0
-        amap = np.asarray(amap, dtype=np.float32)
+        amap = np.asarray(amap, dtype=_map_dtype(amap))  # no copy when already float32/float64
         if not np.isfinite(amap).all():
             raise MetricError(f"image {i}: anomaly map has NaN or infinite values")
         pairs.append((mask, amap))
@@ -233,11 +248,15 @@ def _pixel_pairs(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> lis
 
 
 def _normal_scores(pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """One float32 array of every defect-free pixel's score, filled without per-image copies piling up."""
+    """One array of every defect-free pixel's score, filled without per-image copies piling up.
+
+    float32 when every map is float32; float64 as soon as one map is float64 (a float32 buffer
+    would round its scores and merge distinct ones into ties).
+    """
     total = sum(m.size - int(np.count_nonzero(m)) for m, _ in pairs)
     if total == 0:
         raise MetricError("every pixel is inside a defect mask; FPR needs defect-free pixels")
-    out = np.empty(total, dtype=np.float32)
+    out = np.empty(total, dtype=np.result_type(*(amap.dtype for _, amap in pairs)))
     pos = 0
     for mask, amap in pairs:
         part = amap[~mask]
@@ -247,7 +266,7 @@ def _normal_scores(pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
 
 
 def _defect_scores(pairs: list[tuple[np.ndarray, np.ndarray]], *, region_weights: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Scores (float32) of all defect pixels and, optionally, each pixel's PRO weight (float64).
+    """Scores (the maps' dtype) of all defect pixels and, optionally, each pixel's PRO weight (float64).
 
     A pixel of an 8-connected region of size n gets weight ``1 / (n * R)`` with R regions over
     all images, so summing the weights of the pixels at or above a threshold gives PRO.
@@ -295,9 +314,9 @@ def _midrank_sum(sorted_asc: np.ndarray, keys: np.ndarray, weights: np.ndarray |
 def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> float:
     """ROC AUC over all pixels of all images (defect pixels positive), exact with ties.
 
-    Computed as the Mann-Whitney statistic: the defect-free scores are sorted once (one float32
-    copy) and every defect pixel is located in them, so no float64 copy of everything and no
-    index array over all pixels is ever built.
+    Computed as the Mann-Whitney statistic: the defect-free scores are sorted once (one copy,
+    in the maps' precision) and every defect pixel is located in them, so no float64 copy of
+    float32 maps and no index array over all pixels is ever built.
 
     >>> import numpy as np
     >>> mask = np.array([[True, False], [False, False]])

@@ -11,6 +11,12 @@ Without ``--rev`` the workspace's ``models/<category>/model.pt`` and ``threshold
 are read as they were at that revision through DVC's Python API, so the model, its threshold
 and the ``score`` params it was thresholded with always belong together.
 
+Like the ``evaluate`` stage, predict refuses a ``thresholds.json`` that records other score
+params than ``params.yaml``'s ``score`` (with this model) gives, or none (an old file): a
+threshold means nothing for scores computed another way, and scoring silently with the
+recorded params instead would ignore ``params.yaml``. The error names the differing keys and
+says to run ``dvc repro thresholds@<category>``.
+
 Every image is resized to the model's input size exactly as the ``preprocess`` stage does
 (:func:`anomaly_spotter.images.resize`) and scored by :func:`anomaly_spotter.scoring.score_images`,
 like the ``thresholds`` and ``evaluate`` stages; it is anomalous when ``score >= threshold``.
@@ -57,6 +63,7 @@ from anomaly_spotter.images import IMAGE_SUFFIXES, encode_png, read_image, resiz
 from anomaly_spotter.detectors import Detector, load_model
 from anomaly_spotter.runtime import select_device
 from anomaly_spotter.scoring import score_images
+from anomaly_spotter.thresholds import Thresholds, parse_thresholds, read_thresholds, score_record
 
 RESULTS_NAME = "predictions.jsonl"
 # More images than this get a progress bar (on a terminal only); fewer finish before it matters.
@@ -135,18 +142,6 @@ def _read_at_rev(path: str, rev: str, repo: str | None) -> bytes:
         ) from exc
 
 
-def _parse_thresholds(text: bytes | str, where: str) -> tuple[float, str, float | None]:
-    """(threshold, strategy, lowest normal validation score or None) from a thresholds.json."""
-    try:
-        data = json.loads(text)
-        threshold, strategy = float(data["threshold"]), str(data.get("strategy", "?"))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{where} is not a thresholds file with a numeric 'threshold' ({exc}); run `dvc repro` to rewrite it") from exc
-    stats = data.get("validation_scores")  # optional: only the heatmap colour scale uses it
-    normal_min = stats.get("min") if isinstance(stats, dict) else None
-    return threshold, strategy, float(normal_min) if isinstance(normal_min, (int, float)) else None
-
-
 def load_detector(
     category: str,
     *,
@@ -169,10 +164,7 @@ def load_detector(
     if rev is None:
         params = load_params(root / params_path, category)
         model, _ = load_model(root / model_path(category), torch_device)  # says `dvc repro`/`dvc pull` when missing
-        where = root / thresholds_path(category)
-        if not where.is_file():
-            raise UserError(f"{where} is missing; run `dvc repro thresholds@{category}` (or `dvc pull`) to create it")
-        thresholds = _parse_thresholds(where.read_bytes(), str(where))
+        thresholds: Thresholds = read_thresholds(root / thresholds_path(category), category=category)
         source = "workspace"
     else:
         try:
@@ -188,10 +180,10 @@ def load_detector(
             tmp_model = Path(tmp) / "model.pt"
             tmp_model.write_bytes(model_bytes)
             model, _ = load_model(tmp_model, torch_device)
-        thresholds = _parse_thresholds(_read_at_rev(thresholds_path(category), rev, repo), f"{thresholds_path(category)}@{rev}")
+        thresholds = parse_thresholds(_read_at_rev(thresholds_path(category), rev, repo), f"{thresholds_path(category)}@{rev}", category=category)
         source = f"revision {rev}"
-    threshold, strategy, normal_min = thresholds
-    return ThresholdedDetector(category, model, threshold, strategy, params.score, source, normal_min)
+    thresholds.require_score(score_record(params.score, model), category=category, user="predict")
+    return ThresholdedDetector(category, model, thresholds.threshold, thresholds.strategy, params.score, source, thresholds.normal_score_min)
 
 
 # -- inputs -------------------------------------------------------------------------------------

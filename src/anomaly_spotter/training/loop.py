@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,26 @@ from anomaly_spotter.training.optim import make_optimizer, make_scheduler, step_
 
 if TYPE_CHECKING:
     from anomaly_spotter.processed import ProcessedCategory
+
+# TEST-ONLY hook (tests/test_faults.py): set to a file path, the loop writes that file after each
+# checkpoint and then waits to be killed, so a test interrupts the run at a known point instead
+# of racing the epochs (on a fast machine all of them finished before a poll saw a checkpoint).
+# Unset, as everywhere outside that test, it does nothing.
+PAUSE_AFTER_CHECKPOINT_ENV = "ANOMALY_SPOTTER_TEST_PAUSE_AFTER_CHECKPOINT"
+_PAUSE_LIMIT_S = 600  # an orphaned paused run ends by itself rather than sleeping forever
+
+
+def _pause_after_checkpoint_for_tests() -> None:
+    """Write the marker named by :data:`PAUSE_AFTER_CHECKPOINT_ENV` and wait for a signal (tests only).
+
+    >>> _pause_after_checkpoint_for_tests()  # unset: returns at once
+    """
+    marker = os.environ.get(PAUSE_AFTER_CHECKPOINT_ENV)
+    if not marker:
+        return
+    Path(marker).write_text("checkpoint written; waiting to be killed\n", encoding="utf-8")
+    time.sleep(_PAUSE_LIMIT_S)  # SIGKILL ends it; SIGINT raises KeyboardInterrupt right here
+    raise TrainingError(f"{PAUSE_AFTER_CHECKPOINT_ENV} is set and nothing stopped the run within {_PAUSE_LIMIT_S} s")
 
 
 class Trainer:
@@ -216,6 +237,7 @@ class Trainer:
                 last_epoch = epoch + 1 == self.config.epochs or stop_early
                 if self.context.is_main:
                     save_checkpoint(self.checkpoint_path, self.fingerprint, epoch=epoch + 1, completed=last_epoch, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, state=state)
+                    _pause_after_checkpoint_for_tests()
                 say(
                     f"epoch {epoch + 1}/{self.config.epochs}: train {train_stats['loss']:.5f} "
                     f"val {val_stats['loss']:.5f}{' *' if improved else ''} lr {lr:.2e}"
