@@ -19,20 +19,24 @@ ISA level       environment                                            what it s
 AVX2 machine would; each row says which precision it actually used.
 
 One `dvc repro` of a clone of the committed project (built-in synthetic data, three categories)
-runs natively; every other run copies it with its data and re-runs train onwards under its ISA
-cap. Per run this prints, against the native run of the same kind and precision and against the
-native run of the same kind with ``train.amp`` as committed:
+fetches and preprocesses natively; every run copies it with its data and runs train,
+thresholds, evaluate and report under its ISA cap (``--runs``; the first is the reference).
+Per run this prints, against the reference and against the native run of the same precision:
 
-* whether the fitted weights in ``model.pt`` are bit-identical, and the largest relative change of a test image score;
+* whether the fitted weights in ``model.pt`` are bit-identical, and the largest relative change
+  of a test image score;
 * the largest change over categories of image AUROC, pixel AUROC and AU-PRO;
 * image AUROC on nested subsets of the test split (``--subsets``, images per class as
   ``good/defect-per-type``), to see how many test images keep the drift below 0.01.
 
 Run (the README's table comes from this):
-    python bench/isa_drift.py --out bench/results/isa_drift.json
-    python bench/isa_drift.py --kinds patchcore --isas native avx2     # a subset
+    python bench/isa_drift.py --kinds discriminative reconstruction --runs native/amp avx512/amp avx2/amp native/fp32 \
+        --out bench/results/isa_drift_gradient.json
+    python bench/isa_drift.py --kinds patchcore --runs native/fp32 avx512/fp32 avx2/fp32 default/fp32 \
+        --out bench/results/isa_drift_patchcore.json
 
-Takes about 3 to 6 minutes per run on 2 cores (``default`` is several times slower).
+A run takes 2 to 8 minutes on 2 cores (bfloat16 without native instructions and ``default``
+are the slow ones).
 """
 
 from __future__ import annotations
@@ -48,7 +52,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,8 @@ KINDS: dict[str, dict[str, Any]] = {
     "reconstruction": {"model": {"kind": "reconstruction"}, "anomalies": {"probability": 0.0}},
     "patchcore": {"model": {"kind": "patchcore"}},
 }
+# Runs as ISA/precision request; the first runs natively and is what the others compare with.
+DEFAULT_RUNS = ["native/amp", "avx512/amp", "avx2/amp", "native/fp32", "default/fp32"]
 GRADIENT_KINDS = ("discriminative", "reconstruction")  # patchcore learns nothing: no train.amp
 METRICS = ("image_auroc", "pixel_auroc", "au_pro")
 
@@ -175,10 +180,16 @@ def compare(run: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def write_results(path: Path, commit: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    payload = {"cpu": cpu_model(), "cores": os.cpu_count(), "commit": commit, "set": args.assignments, "subsets": args.subsets, "runs": results}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
-    parser.add_argument("--isas", nargs="+", choices=list(ISAS), default=list(ISAS))
+    parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, metavar="ISA/AMP",
+                        help=f"ISA level ({', '.join(ISAS)}) / amp (train.amp true) or fp32 (false); the first is the reference")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
     parser.add_argument("--subsets", nargs="+", default=["24/8", "48/16", "96/32"], help="test images per class: good/defect-per-type")
     parser.add_argument("--out", help="JSON results")
@@ -200,28 +211,33 @@ def main() -> None:
         seconds = run([str(BIN / "dvc"), "repro", *(f"preprocess@{c}" for c in categories)], base, "native")
         print(f"# fetch + preprocess: {seconds:.0f} s", flush=True)
         for kind in args.kinds:
-            amps = (True, False) if kind in GRADIENT_KINDS else (False,)
             runs: dict[tuple[str, str], dict[str, Any]] = {}
-            for amp, isa in product(amps, args.isas):
+            for spec in args.runs:
+                isa, _, request = spec.partition("/")
+                if isa not in ISAS or request not in ("amp", "fp32"):
+                    raise SystemExit(f"--runs {spec!r}: expected <{'|'.join(ISAS)}>/<amp|fp32>")
+                amp = request == "amp" and kind in GRADIENT_KINDS  # patchcore has no train.amp
                 precision = precision_used(isa, amp)
                 if (isa, precision) in runs:
-                    continue  # amp on a CPU without a bfloat16 path: the float32 run again
+                    continue  # amp on a CPU without a bfloat16 path is the float32 run again
                 clone = Path(tmp) / f"{kind}-{isa}-{precision}"
                 shutil.copytree(base, clone, symlinks=True)
-                write_params(clone, {**KINDS[kind], "train": {"amp": amp}} if kind in GRADIENT_KINDS else KINDS[kind])
-                seconds = run([str(BIN / "dvc"), "repro"], clone, isa)
-                runs[isa, precision] = {"kind": kind, "isa": isa, "amp": amp, "precision": precision, "seconds": round(seconds),
-                                        "categories": collect(clone, categories, subsets)}
+                write_params(clone, {**KINDS[kind], "train": {"amp": amp}})
+                # `report` needs train, thresholds and evaluate of every category, not export.
+                seconds = run([str(BIN / "dvc"), "repro", "report"], clone, isa)
+                row = {"kind": kind, "isa": isa, "amp": amp, "precision": precision, "seconds": round(seconds),
+                       "categories": collect(clone, categories, subsets)}
                 shutil.rmtree(clone)
-                print(f"# {kind} {isa} {precision}: {seconds:.0f} s", flush=True)
-            committed = precision_used("native", True) if kind in GRADIENT_KINDS else "float32"
-            for (isa, precision), row in runs.items():
-                references = {"native, same precision": runs.get(("native", precision)), "native, as committed": runs.get(("native", committed))}
+                reference = next(iter(runs.values()), row)
+                same = runs.get(("native", precision))
+                references = {"reference": reference, "native, same precision": same}
                 row["against"] = {name: compare(row["categories"], ref["categories"]) for name, ref in references.items() if ref is not None and ref is not row}
+                runs[isa, precision] = row
                 results.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "categories"}), flush=True)
+                if args.out:  # after every run: a long bench that stops early keeps what it measured
+                    write_results(Path(args.out), commit, args, results)
     if args.out:
-        Path(args.out).write_text(json.dumps({"cpu": cpu_model(), "commit": commit, "set": args.assignments, "subsets": args.subsets, "runs": results}, indent=1) + "\n")
         print(f"wrote {args.out}")
 
 
