@@ -6,7 +6,7 @@ from pathlib import Path
 
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
-from anomaly_spotter.report import write_report
+from anomaly_spotter.report import key_params, write_report
 
 
 def main(argv=None):
@@ -16,7 +16,10 @@ def main(argv=None):
     parser.add_argument("--table", required=True, help="summary Markdown to write")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    write_report(params.data.categories, args.metrics, args.out, args.table)
+    categories = params.data.categories
+    # Each category's own params (its preset merged), as its metrics were produced with them.
+    per_category = {cat: key_params(load_params(args.params, cat)) for cat in categories}
+    write_report(categories, args.metrics, args.out, args.table, per_category)
     print(Path(args.table).read_text(encoding="utf-8"))
 
 

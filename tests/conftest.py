@@ -15,7 +15,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # What a fresh clone of the project holds that the pipeline needs.
-PROJECT_FILES = ("stages", "src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("stages", "src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore")
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 # Small enough that a whole `dvc repro` of two categories takes well under a minute.

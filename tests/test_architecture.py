@@ -170,3 +170,20 @@ def test_a_new_kind_runs_through_fit_thresholds_evaluate_and_export(mean_intensi
     assert metrics["outputs"] == ["anomaly_map", "score"] and metrics["onnx_max_abs_diff_reconstruction"] is None
     assert metrics["onnx_max_abs_diff_map_in_graph"] < 1e-5 and metrics["map_kind"] == "intensity"
     assert json.loads((tmp_path / "export.json").read_text())["images_checked"] == len(data.test)
+
+
+def test_artifacts_name_every_category_of_params():
+    # DVC has no foreach for `artifacts:`, so dvc.yaml spells them out: <category>-onnx and
+    # <category>-pt for every category of params.yaml, pointing at that category's outputs.
+    import yaml
+
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+    categories = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))["data"]["categories"]
+    expected = {}
+    for cat in categories:
+        expected[f"{cat}-onnx"] = f"models/{cat}/model.onnx"
+        expected[f"{cat}-pt"] = f"models/{cat}/model.pt"
+    artifacts = pipeline["artifacts"]
+    assert {name: spec["path"] for name, spec in artifacts.items()} == expected
+    for name, spec in artifacts.items():
+        assert spec["type"] == "model" and spec["desc"] and name.split("-")[0] in spec["labels"]

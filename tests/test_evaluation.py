@@ -45,8 +45,25 @@ def test_evaluate_writes_metrics_plots_and_results(trained):
     assert written["tn"] + written["fp"] == int((data.test_labels == 0).sum())
     assert set(written["per_defect_image_auroc"]) == {"scratch", "crack", "missing"}
     assert written["threshold"] == pytest.approx(thresholds.threshold, rel=1e-9)
-    for name in ("roc.json", "pr.json", "heatmaps.png", "score_histogram.png"):
+    for name in ("roc.json", "pr.json", "pro.json", "scores.json", "heatmaps.png", "score_histogram.png"):
         assert (root / "plots" / name).stat().st_size > 0
+    # Chart data for the .dvc/plots templates: DVC wants the same keys in every row of a file.
+    negatives = written["fp"] + written["tn"]
+    for name, key, point in (("roc", "roc", {"fpr": written["fp"] / negatives, "tpr": written["recall"]}),
+                              ("pr", "pr", {"recall": written["recall"], "precision": written["precision"]})):
+        rows = json.loads((root / "plots" / f"{name}.json").read_text())[key]
+        assert len({frozenset(row) for row in rows}) == 1
+        marked = [row for row in rows if row["operating_point"]]
+        assert len(marked) == 1 and marked[0]["threshold"] == pytest.approx(written["threshold"])
+        assert {k: marked[0][k] for k in point} == pytest.approx(point)
+    pro = json.loads((root / "plots" / "pro.json").read_text())["pro"]
+    assert {row["au_pro"] for row in pro} == {written["au_pro"]}
+    assert pro[0]["fpr"] == 0.0 and pro[-1]["fpr"] == pytest.approx(0.3)
+    area = float(np.trapezoid([r["pro"] for r in pro], [r["fpr"] for r in pro])) / 0.3
+    assert area == pytest.approx(written["au_pro"], abs=0.02)  # exact unless the curve was subsampled
+    scores = json.loads((root / "plots" / "scores.json").read_text())["scores"]
+    assert [row["label"] for row in scores] == ["defect" if label else "good" for label in data.test_labels]
+    assert {row["threshold"] for row in scores} == {written["threshold"]}
     rows = (root / "results" / "scores.csv").read_text().splitlines()
     assert len(rows) == len(data.test) + 1
     # MVTec evaluation layout, float32, original image size
@@ -76,6 +93,25 @@ def test_report_means_and_missing_category(tmp_path):
     assert "mean" not in summary["threshold"]  # averaging thresholds of different categories means nothing
     table = (tmp_path / "summary.md").read_text()
     assert "| image_auroc | 1 | 0.5 | 0.75 |" in table
+    # Compact table first (metrics only without params), then the full one.
+    assert table.index("| category | image AUROC |") < table.index("| metric |")
+    assert "| a | 1 | n/a | n/a | 0.5 |" in table
+
+
+def test_report_compact_table_shows_each_categorys_params(tmp_path):
+    from anomaly_spotter.config import parse_params
+    from anomaly_spotter.report import key_params
+
+    for name, auroc in (("weave", 1.0), ("marble", 0.5)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"image_auroc": auroc, "au_pro": 0.25, "f1": 0.5}))
+    raw = {"data": {"categories": ["weave", "marble"]}, "presets": {"marble": {"train": {"epochs": 3}}}}
+    params = {cat: key_params(parse_params(raw, cat)) for cat in ("weave", "marble")}
+    write_report(["weave", "marble"], tmp_path, tmp_path / "summary.json", tmp_path / "summary.md", params)
+    table = (tmp_path / "summary.md").read_text()
+    assert "| category | model | image size | epochs | score map | image score | thresholds | image AUROC | pixel AUROC | AU-PRO | F1 |" in table
+    assert "| weave | discriminative | 128 | 10 | auto | topk_mean | percentile_99 | 1 | n/a | 0.25 | 0.5 |" in table
+    assert "| marble | discriminative | 128 | 3 |" in table  # the preset, not the global value
+    assert "| mean |  |  |  |  |  |  | 0.75 | n/a | 0.25 | 0.5 |" in table
     with pytest.raises(UserError, match="c.json"):
         write_report(["a", "c"], tmp_path, tmp_path / "s2.json", tmp_path / "s2.md")
     assert summarise({}) == {}

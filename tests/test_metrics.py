@@ -321,3 +321,26 @@ def test_float32_maps_get_no_float64_copy(monkeypatch) -> None:
     assert seen == [np.float32] * 3
     m.pixel_auroc(masks, [x.astype(np.float64) for x in maps])
     assert seen[-1] == np.float64
+
+
+@pytest.mark.parametrize("quantised", [False, True])
+@pytest.mark.parametrize("fpr_limit", [0.05, 0.3, 1.0])
+def test_pro_points_integrate_to_au_pro_and_stay_capped(quantised: bool, fpr_limit: float) -> None:
+    # Uncapped, the points are the PRO curve's vertices up to fpr_limit (ties and all), so their
+    # trapezoid area is AU-PRO exactly; capped, the plot stays within max_points and monotone.
+    rng = np.random.default_rng(7)
+    masks, maps = [], []
+    for _ in range(3):
+        mask = np.zeros((20, 24), bool)
+        mask[rng.integers(0, 8) : rng.integers(10, 20), rng.integers(0, 8) : rng.integers(12, 24)] = True
+        amap = (rng.random(mask.shape) + mask * rng.random()).astype(np.float32)
+        masks.append(mask)
+        maps.append(np.round(amap * 8) / 8 if quantised else amap)
+    full = m.pro_points(masks, maps, fpr_limit=fpr_limit, max_points=100_000)
+    area = float(np.trapezoid(full["pro"], full["fpr"])) / fpr_limit
+    assert area == pytest.approx(m.au_pro(masks, maps, fpr_limit=fpr_limit), abs=1e-9)
+    assert full["fpr"][0] == 0.0 and full["pro"][0] == 0.0 and full["fpr"][-1] == pytest.approx(fpr_limit)
+    capped = m.pro_points(masks, maps, fpr_limit=fpr_limit, max_points=20)
+    assert len(capped["fpr"]) <= 20
+    for curve in (full, capped):
+        assert np.all(np.diff(curve["fpr"]) >= 0) and np.all(np.diff(curve["pro"]) >= -1e-12)

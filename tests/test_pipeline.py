@@ -122,3 +122,26 @@ def test_queued_sweep_runs_two_experiments_in_parallel(experiment, tmp_path):
         dvc("queue", "stop", "--kill", cwd=root, check=False)
     shown = dvc("exp", "show", "--json", cwd=root).stdout
     assert "sweep-ssim-0.3" in shown and "sweep-ssim-0.9" in shown
+
+
+def test_artifacts_get_fetches_a_detector_from_a_clone(experiment, tmp_path):
+    # Last in this module: it adds a remote and commits it. `dvc artifacts get` in a fresh clone
+    # (nothing in its cache) must download the named file from the remote, byte-identical.
+    root, _ = experiment
+    git("reset", "-q", "--hard", cwd=root)  # back from the experiment's results to the committed baseline
+    dvc("checkout", "--force", cwd=root)
+    dvc("remote", "add", "-d", "shared", str(tmp_path / "remote"), cwd=root)
+    git("add", ".dvc/config", cwd=root)
+    git("commit", "-q", "-m", "remote", cwd=root)
+    dvc("push", cwd=root)
+    # `dvc artifacts get` resolves a name through its version tags (GTO's <name>@v<semver>,
+    # what `gto register <name>` writes): register both at this commit.
+    for name in ("weave-onnx", "washer-pt"):
+        git("tag", "-a", f"{name}@v0.0.1", "-m", f"register {name}", cwd=root)
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(root), str(clone), cwd=tmp_path)
+    for name, path in (("weave-onnx", "models/weave/model.onnx"), ("washer-pt", "models/washer/model.pt")):
+        out = tmp_path / "got" / name
+        dvc("artifacts", "get", ".", name, "-o", str(out), cwd=clone)
+        got = out / path.rsplit("/", 1)[1] if out.is_dir() else out
+        assert got.read_bytes() == (root / path).read_bytes(), name

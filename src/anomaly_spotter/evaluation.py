@@ -6,8 +6,12 @@ Outputs for one category:
   precision / recall / F1 and confusion counts at the threshold chosen on *normal validation
   images* (``models/<category>/thresholds.json``, refused when it records other score params
   than ``params.score``), the oracle best F1 (comparison only) and image AUROC per defect type;
-* ``plots/<category>/`` – ``roc.json`` and ``pr.json`` (declared in ``dvc.yaml`` so
-  ``dvc plots diff`` overlays experiments), ``heatmaps.png`` and ``score_histogram.png``;
+* ``plots/<category>/`` – the data of the charts ``dvc plots show`` draws with the templates in
+  ``.dvc/plots/`` (declared in ``dvc.yaml``, so ``dvc plots diff`` overlays experiments):
+  ``roc.json`` and ``pr.json`` (one extra row, ``operating_point: true``, is where the chosen
+  threshold sits on the curve), ``pro.json`` (the PRO curve up to FPR 0.3, every row carrying
+  ``au_pro``) and ``scores.json`` (every test image's score, label and the threshold); also
+  ``heatmaps.png`` and ``score_histogram.png``;
 * ``evaluation/<category>/scores.csv`` – one row per test image; with
   ``evaluate.export_maps`` also ``anomaly_maps/<category>/test/<defect>/<id>.tiff``, the
   layout MVTec's official evaluation script reads.
@@ -41,6 +45,9 @@ from anomaly_spotter.thresholds import Thresholds, score_record
 from anomaly_spotter.visualize import HeatmapRow, heatmap_grid_png, score_histogram_png
 
 GOOD = "good"
+DEFECT = "defect"
+# MVTec's AU-PRO integrates the PRO curve up to this false positive rate.
+PRO_FPR_LIMIT = 0.3
 
 
 def pixel_inputs(data: ProcessedCategory, raw_dir: Path, maps: np.ndarray, resolution: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -63,7 +70,7 @@ def compute_metrics(data: ProcessedCategory, scored: ScoredImages, threshold: fl
     return {
         "image_auroc": m.image_auroc(labels, scores),
         "pixel_auroc": m.pixel_auroc(masks, maps),
-        "au_pro": m.au_pro(masks, maps, fpr_limit=0.3),
+        "au_pro": m.au_pro(masks, maps, fpr_limit=PRO_FPR_LIMIT),
         **at_threshold,
         "threshold": threshold,
         "f1_max_oracle": oracle["f1_max"],  # best F1 over all thresholds: peeks at test labels
@@ -72,9 +79,40 @@ def compute_metrics(data: ProcessedCategory, scored: ScoredImages, threshold: fl
     }
 
 
-def _curve_rows(curve: dict[str, list[float]]) -> list[dict[str, float]]:
+def _curve_rows(curve: dict[str, list[float]], **constant: Any) -> list[dict[str, Any]]:
+    """One dict per point; ``constant`` fields go into every row (DVC wants equal keys in all rows)."""
     keys = list(curve)
-    return [dict(zip(keys, values)) for values in zip(*curve.values())]
+    return [{**dict(zip(keys, values)), **constant} for values in zip(*curve.values())]
+
+
+def curve_with_operating_point(curve: dict[str, list[float]], point: dict[str, float]) -> list[dict[str, Any]]:
+    """The curve's rows plus one row for where the threshold in use sits on it.
+
+    The point is a row of the same file, not a file of its own, because ``dvc plots diff``
+    gives one chart per file and must overlay curve and point for each revision; the template
+    (``.dvc/plots/curve_operating_point.json``) draws rows with ``operating_point`` as a marker.
+
+    >>> curve_with_operating_point({"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}, {"fpr": 0.5, "tpr": 0.5})[-1]
+    {'fpr': 0.5, 'tpr': 0.5, 'operating_point': True}
+    """
+    return [*_curve_rows(curve, operating_point=False), {**point, "operating_point": True}]
+
+
+def operating_points(results: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """Where ``results``' threshold sits on the ROC (fpr, tpr) and PR (recall, precision) curves."""
+    negatives = results["fp"] + results["tn"]
+    threshold = float(results["threshold"])
+    roc = {"fpr": results["fp"] / negatives if negatives else 0.0, "tpr": float(results["recall"]), "threshold": threshold}
+    pr = {"precision": float(results["precision"]), "recall": float(results["recall"]), "threshold": threshold}
+    return roc, pr
+
+
+def score_rows(data: ProcessedCategory, scores: np.ndarray, threshold: float) -> list[dict[str, Any]]:
+    """Every test image's score with its label (good / defect) and the threshold: the histogram's data."""
+    return [
+        {"file": item.file, "defect_type": item.defect_type, "label": DEFECT if item.label else GOOD, "score": float(score), "threshold": float(threshold)}
+        for item, score in zip(data.test_items, scores)
+    ]
 
 
 def heatmap_rows(data: ProcessedCategory, scored: ScoredImages, per_type: int) -> list[HeatmapRow]:
@@ -145,9 +183,14 @@ def evaluate_category(
     results["threshold_strategy"] = thresholds.strategy
     labels = data.test_labels
 
+    roc_point, pr_point = operating_points(results)
+
     with staging_dir(plots_dir) as plots, staging_dir(results_dir) as out:
-        write_json(plots / "roc.json", {"roc": _curve_rows(m.roc_points(labels, scored.scores))})
-        write_json(plots / "pr.json", {"pr": _curve_rows(m.pr_points(labels, scored.scores))})
+        write_json(plots / "roc.json", {"roc": curve_with_operating_point(m.roc_points(labels, scored.scores), roc_point)})
+        write_json(plots / "pr.json", {"pr": curve_with_operating_point(m.pr_points(labels, scored.scores), pr_point)})
+        pro = m.pro_points(masks, maps, fpr_limit=PRO_FPR_LIMIT)
+        write_json(plots / "pro.json", {"pro": _curve_rows(pro, au_pro=results["au_pro"])})
+        write_json(plots / "scores.json", {"scores": score_rows(data, scored.scores, threshold)})
         # One colour scale for all rows, from the typical map value (blue) to the extreme (red).
         vmin, vmax = (float(q) for q in np.quantile(scored.maps, (0.5, 0.999)))
         rows = heatmap_rows(data, scored, params.evaluate.heatmap_examples)

@@ -421,3 +421,58 @@ def pro_curve(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, max_po
         capped = _cap_points({"fpr": fpr, "pro": pro}, max_points)
         fpr, pro = np.asarray(capped["fpr"]), np.asarray(capped["pro"])
     return fpr, pro
+
+
+def pro_points(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, fpr_limit: float = 0.3, max_points: int = MAX_CURVE_POINTS) -> dict[str, list[float]]:
+    """The PRO curve from (0, 0) up to ``fpr_limit`` as ``{"fpr", "pro"}`` lists, for a plot.
+
+    Memory-light like :func:`au_pro` (no index array over all pixels, unlike :func:`pro_curve`):
+    only the defect-free scores above the one crossing ``fpr_limit`` are sorted, and each
+    vertex is two binary searches. Every distinct defect-free score t gives the two ends of its
+    step, (FPR(> t), PRO(> t)) and (FPR(>= t), PRO(>= t)); runs of defect-only scores in between
+    are vertical, so with no subsampling these vertices are exactly the curve and its trapezoid
+    area up to ``fpr_limit``, divided by ``fpr_limit``, is :func:`au_pro`. The last point is
+    interpolated at ``fpr_limit``. Above ``max_points`` the steps are subsampled evenly (ends kept).
+
+    >>> import numpy as np
+    >>> mask = np.array([[True, False, False]])
+    >>> pro_points([mask], [np.array([[0.9, 0.5, 0.1]], np.float32)], fpr_limit=0.5)
+    {'fpr': [0.0, 0.0, 0.5], 'pro': [0.0, 1.0, 1.0]}
+    """
+    if not (0.0 < fpr_limit <= 1.0):
+        raise MetricError(f"fpr_limit must be in (0, 1]; got {fpr_limit!r}")
+    if max_points < 4:
+        raise MetricError(f"max_points must be >= 4; got {max_points}")
+    pairs = _pixel_pairs(masks, maps)
+    defect, weights = _defect_scores(pairs, region_weights=True)
+    assert weights is not None
+    normal = _normal_scores(pairs)
+    n_normal = len(normal)
+    # As in au_pro: the step crossing fpr_limit holds the c-th highest defect-free score.
+    c = max(0, math.ceil(fpr_limit * n_normal - 1e-9) - 1)
+    kth = n_normal - 1 - c
+    normal.partition(kth)
+    top = normal[normal >= normal[kth]]  # ties of the crossing score may sit below kth too
+    top.sort()  # ascending; its smallest value is the crossing score
+    del normal
+    order = np.argsort(defect, kind="stable")
+    defect = defect[order]
+    # weight_above[i] = total PRO weight of defect pixels from sorted index i upwards.
+    weight_above = np.r_[np.cumsum(weights[order][::-1])[::-1], 0.0]
+
+    distinct = top[np.r_[top[1:] != top[:-1], True]][::-1]  # descending, the crossing score last
+    steps = max_points // 2 - 1
+    if len(distinct) > steps:
+        distinct = distinct[np.unique(np.round(np.linspace(0, len(distinct) - 1, steps)).astype(np.int64))]
+    above = len(top) - np.searchsorted(top, distinct, side="right")  # defect-free pixels > t
+    at_or_above = len(top) - np.searchsorted(top, distinct, side="left")  # ... >= t
+    pro_above = weight_above[np.searchsorted(defect, distinct, side="right")]
+    pro_at_or_above = weight_above[np.searchsorted(defect, distinct, side="left")]
+    fpr = np.stack([above, at_or_above], axis=1).ravel() / n_normal
+    pro = np.stack([pro_above, pro_at_or_above], axis=1).ravel()
+    # The crossing step runs from its last two vertices; stop it at fpr_limit.
+    (f0, f1), (p0, p1) = fpr[-2:], pro[-2:]
+    p_limit = p0 + (p1 - p0) * (fpr_limit - f0) / (f1 - f0) if f1 > f0 else p1
+    fpr = np.r_[0.0, fpr[:-1], fpr_limit]
+    pro = np.clip(np.r_[0.0, pro[:-1], p_limit], 0.0, 1.0)
+    return {"fpr": [float(x) for x in fpr], "pro": [float(x) for x in pro]}

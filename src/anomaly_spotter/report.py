@@ -1,7 +1,9 @@
 """Stage ``report``: collect ``metrics/<category>.json`` of the categories in ``params.yaml``.
 
 ``metrics/summary.json`` holds, for every numeric metric, its value per category and the
-mean over categories; ``metrics/summary.md`` shows the same as a table.
+mean over categories. ``metrics/summary.md`` opens with a compact table, one row per category:
+the headline metrics next to the params that produced them (each category's own, presets
+merged), then shows every metric in the full table.
 
 Example:
     >>> summarise({"a": {"image_auroc": 1.0}, "b": {"image_auroc": 0.5}})
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from anomaly_spotter.config import Params
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.fileio import write_json, write_text
 
@@ -24,6 +27,18 @@ HEADLINE = ("image_auroc", "pixel_auroc", "au_pro", "f1", "precision", "recall",
 MEAN = "mean"
 # Per-category only: a mean of thresholds or of confusion counts over categories means nothing.
 NOT_AVERAGED = frozenset({"threshold", "tp", "fp", "tn", "fn", "test_images"})
+# The compact table: these metrics (column title, metric name) ...
+COMPACT_METRICS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AU-PRO", "au_pro"), ("F1", "f1"))
+# ... next to the params that explain them most often (column title, dotted name); dvc.yaml
+# lists the same names as the report stage's params, so changing one rewrites the table.
+KEY_PARAMS = (
+    ("model", "model.kind"),
+    ("image size", "preprocess.image_size"),
+    ("epochs", "train.epochs"),
+    ("score map", "score.map"),
+    ("image score", "score.image_score"),
+    ("thresholds", "thresholds.strategy"),
+)
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -54,8 +69,60 @@ def markdown_table(summary: dict[str, dict[str, float]], categories: Sequence[st
     return "\n".join(lines) + "\n"
 
 
-def write_report(categories: Sequence[str], metrics_dir: str | Path, out_json: str | Path, out_table: str | Path) -> dict[str, dict[str, float]]:
-    """Read each category's metrics, write the summary JSON and Markdown table, return the summary."""
+def key_params(params: Params) -> dict[str, Any]:
+    """The :data:`KEY_PARAMS` values of one category's params, by column title.
+
+    >>> from anomaly_spotter.config import parse_params
+    >>> key_params(parse_params({}))["model"]
+    'discriminative'
+    """
+    values = {}
+    for title, dotted in KEY_PARAMS:
+        value: Any = params
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        values[title] = value
+    return values
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+def headline_table(summary: dict[str, dict[str, float]], params_by_category: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per category (then the mean): :data:`COMPACT_METRICS` and its :data:`KEY_PARAMS`.
+
+    >>> print(headline_table({"f1": {"a": 0.5, "mean": 0.5}}, {"a": {"model": "patchcore"}}), end="")
+    | category | model | image AUROC | pixel AUROC | AU-PRO | F1 |
+    |---|---|---|---|---|---|
+    | a | patchcore | n/a | n/a | n/a | 0.5 |
+    | mean |  | n/a | n/a | n/a | 0.5 |
+    """
+    param_titles = [title for title, _ in KEY_PARAMS if any(title in p for p in params_by_category.values())]
+    titles = ["category", *param_titles, *(title for title, _ in COMPACT_METRICS)]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    for row in (*params_by_category, MEAN):
+        known = params_by_category.get(row, {})
+        cells = [row, *(_cell(known[t]) if t in known else "" for t in param_titles)]
+        cells += [_cell(summary.get(name, {}).get(row, math.nan)) for _, name in COMPACT_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    categories: Sequence[str],
+    metrics_dir: str | Path,
+    out_json: str | Path,
+    out_table: str | Path,
+    params_by_category: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Read each category's metrics, write the summary JSON and Markdown tables, return the summary.
+
+    ``params_by_category`` (category -> :func:`key_params`) fills the compact table's param
+    columns; without it the compact table shows the metrics only.
+    """
     metrics_dir = Path(metrics_dir)
     per_category: dict[str, dict[str, Any]] = {}
     missing = []
@@ -69,5 +136,6 @@ def write_report(categories: Sequence[str], metrics_dir: str | Path, out_json: s
         raise UserError(f"metrics missing for {', '.join(missing)}; run `dvc repro` to evaluate every category")
     summary = summarise(per_category)
     write_json(out_json, summary)
-    write_text(out_table, f"# Evaluation summary\n\n{markdown_table(summary, list(categories))}")
+    compact = headline_table(summary, {cat: (params_by_category or {}).get(cat, {}) for cat in categories})
+    write_text(out_table, f"# Evaluation summary\n\n{compact}\n## Every metric\n\n{markdown_table(summary, list(categories))}")
     return summary

@@ -22,6 +22,7 @@ from anomaly_spotter.config import Params
 from anomaly_spotter.detectors import detector_class
 from anomaly_spotter.detectors.base import FitResult, FitRun
 from anomaly_spotter.errors import UserError
+from anomaly_spotter.training.logs import write_loss_curve
 from anomaly_spotter.training.loop import train_by_gradient
 
 if TYPE_CHECKING:
@@ -37,7 +38,10 @@ def train_category(data: ProcessedCategory, params: Params, model_path: Path, ch
         )
     run = FitRun(Path(model_path), Path(checkpoint_dir), Path(log_dir), progress=progress, train_by_gradient=train_by_gradient)
     try:
-        return detector_class(params.model.kind).fit(data, params, run)
+        result = detector_class(params.model.kind).fit(data, params, run)
+        if result.written:  # rank 0 only; every kind, so the train stage's plot output always exists
+            write_loss_curve(run.log_dir)
+        return result
     finally:
         distributed.shutdown()  # leaves the process group (if any) even when training failed
 

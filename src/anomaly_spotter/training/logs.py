@@ -3,10 +3,16 @@
 Only rank 0 writes (other DDP ranks get :class:`NoLogs`). DVCLive is created with
 ``dvcyaml=False`` (metrics and plots are declared in ``dvc.yaml`` by hand) and
 ``save_dvc_exp=False`` (no stray experiments from inside a stage).
+
+DVCLive writes one TSV per logged term (``plots/metrics/{train,val}/<term>.tsv``, ``lr.tsv``):
+kept as the record, but one chart each is too many to read. :func:`write_loss_curve` joins the
+train and validation *total* loss into ``loss_curve.json``, the one training chart of
+``dvc plots show`` (template ``.dvc/plots/loss_curve.json``).
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +20,11 @@ import numpy as np
 import torch
 
 from anomaly_spotter.data import to_uint8
+from anomaly_spotter.fileio import write_json
+
+LOSS_CURVE = "loss_curve.json"
+# DVCLive's folder of a metric logged as "<split>/loss", and that split's name on the chart.
+LOSS_SPLITS = (("train", "train"), ("val", "validation"))
 
 
 class NoLogs:
@@ -50,6 +61,31 @@ def log_epoch(live, epoch: int, train_stats: dict[str, float], val_stats: dict[s
     for name, value in val_stats.items():
         live.log_metric(f"val/{name}", value)
     live.log_metric("lr", lr)
+
+
+def loss_curve_rows(log_dir: Path, term: str = "loss") -> list[dict[str, Any]]:
+    """``{"epoch", "split", term}`` rows from DVCLive's ``train/<term>`` and ``val/<term>`` TSVs.
+
+    Read back from DVCLive's files rather than collected in memory so a resumed run (DVCLive
+    appends to the TSVs) gives every epoch. Kinds without epochs (PatchCore) have no such
+    TSVs and get no rows.
+    """
+    rows: list[dict[str, Any]] = []
+    for folder, split in LOSS_SPLITS:
+        path = Path(log_dir) / "plots" / "metrics" / folder / f"{term}.tsv"
+        if not path.is_file():
+            continue
+        with path.open(encoding="utf-8", newline="") as handle:
+            for record in csv.DictReader(handle, delimiter="\t"):
+                rows.append({"epoch": int(record["step"]), "split": split, term: float(record[term])})
+    return rows
+
+
+def write_loss_curve(log_dir: Path) -> Path:
+    """Write ``<log_dir>/loss_curve.json`` (``{"loss": rows}``, empty for kinds without epochs)."""
+    path = Path(log_dir) / LOSS_CURVE
+    write_json(path, {"loss": loss_curve_rows(log_dir)})
+    return path
 
 
 def sample_grid(inputs: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
