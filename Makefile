@@ -8,7 +8,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup repro test bench browser readme clean-venv
+.PHONY: setup repro test bench browser readme screenshot clean-venv
 
 setup: $(VENV)/.installed .dvc/tmp/plots_template.html
 
@@ -35,6 +35,14 @@ repro: setup
 # The README's results table, rewritten from metrics/summary.json (tests/test_readme.py checks it).
 readme: setup
 	python -m anomaly_spotter.readme_table
+
+# docs/plots.png: the plots page of the committed outputs (run after `make repro`), drawn by
+# headless Chromium offline, as tests/test_plots_page.py draws it.
+screenshot: setup browser
+	dvc plots show --out .dvc/tmp/plots_page
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --host-resolver-rules="MAP * ~NOTFOUND" \
+	  --virtual-time-budget=15000 --window-size=1300,2900 --user-data-dir=.dvc/tmp/chromium \
+	  --screenshot=$(abspath docs/plots.png) file://$(abspath .dvc/tmp/plots_page)/index.html
 
 test: setup browser
 	python -m pytest

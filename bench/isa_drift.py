@@ -87,6 +87,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_vector_flags() -> list[str]:
+    """The vector and matrix extensions this CPU reports (what ``native`` means on this machine)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            wanted = ("avx", "amx", "fma", "f16c")
+            return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(wanted))
+    return []
+
+
 def tool_env(isa: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
     env.update(ISAS[isa], PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", NO_ALBUMENTATIONS_UPDATE="1", DVC_NO_ANALYTICS="1")
@@ -181,7 +190,8 @@ def compare(run: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_results(path: Path, commit: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
-    payload = {"cpu": cpu_model(), "cores": os.cpu_count(), "commit": commit, "set": args.assignments, "subsets": args.subsets, "runs": results}
+    payload = {"cpu": cpu_model(), "cpu_flags": cpu_vector_flags(), "aten_capability": torch.backends.cpu.get_cpu_capability(),
+               "cores": os.cpu_count(), "torch": torch.__version__, "commit": commit, "set": args.assignments, "subsets": args.subsets, "runs": results}
     path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
@@ -201,7 +211,7 @@ def main() -> None:
     override.setdefault("data", {}).setdefault("synthetic", {}).update(test_good=big_good, test_defect_per_type=big_defect)
 
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    print(f"# CPU {cpu_model()}, {os.cpu_count()} cores; project {commit}; --set {' '.join(args.assignments) or '(none)'}", flush=True)
+    print(f"# CPU {cpu_model()} ({' '.join(cpu_vector_flags())}), {os.cpu_count()} cores; project {commit}; --set {' '.join(args.assignments) or '(none)'}", flush=True)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"

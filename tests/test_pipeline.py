@@ -145,3 +145,7 @@ def test_artifacts_get_fetches_a_detector_from_a_clone(experiment, tmp_path):
         dvc("artifacts", "get", ".", name, "-o", str(out), cwd=clone)
         got = out / path.rsplit("/", 1)[1] if out.is_dir() else out
         assert got.read_bytes() == (root / path).read_bytes(), name
+    # A named version, as the README shows it.
+    named = tmp_path / "got" / "named.onnx"
+    dvc("artifacts", "get", ".", "weave-onnx", "--rev", "v0.0.1", "-o", str(named), cwd=clone)
+    assert named.read_bytes() == (root / "models/weave/model.onnx").read_bytes()

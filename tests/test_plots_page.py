@@ -6,8 +6,7 @@ params in a temporary repository, renders ``dvc plots show`` in headless Chromiu
 in ``test_plots_offline.py``) and checks the charts by their titles: one training chart per
 category, ROC, PR, PRO and score histogram per category, the heatmaps image, and no chart
 titled with a file path. Then ``dvc plots diff`` between two revisions must put both in every
-chart. Its screenshot replaces ``docs/plots.png`` when run as
-``UPDATE_SCREENSHOT=1 python -m pytest tests/test_plots_page.py``.
+chart. (``docs/plots.png`` is the same page for the real default pipeline: ``make screenshot``.)
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import html
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,6 @@ from conftest import REPO, TINY_PARAMS, dvc, git, make_project
 from test_plots_offline import MISSING_BUNDLES, NODE_MODULES, _chromium, _run
 
 TEMPLATES = REPO / ".dvc" / "plots"
-SCREENSHOT = REPO / "docs" / "plots.png"
 # What each category gets on the page, by the end of its chart title (see dvc.yaml).
 CHART_TITLES = (
     "{cat} training loss (train vs validation)",
@@ -152,9 +149,6 @@ def test_plots_page_has_one_chart_of_each_kind_per_category(pipeline_repo: Path,
           "--virtual-time-budget=15000", "--window-size=1300,2900", f"--user-data-dir={tmp_path / 'profile2'}",
           f"--screenshot={shot}", (root / "dvc_plots" / "index.html").as_uri()], tmp_path, dict(os.environ))
     assert shot.stat().st_size > 50_000, "the screenshot looks blank"
-    if os.environ.get("UPDATE_SCREENSHOT") == "1":
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(shot, SCREENSHOT)
 
 
 @pytest.mark.integration
