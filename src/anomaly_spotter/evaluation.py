@@ -2,7 +2,8 @@
 
 Outputs for one category:
 
-* ``metrics/<category>.json`` – image AUROC, pixel AUROC, AU-PRO (FPR ≤ ``evaluate.pro_fpr_limit``, 0.3 by default), accuracy /
+* ``metrics/<category>.json`` – image AUROC, pixel AUROC, AU-PRO (FPR ≤ ``evaluate.pro_fpr_limit``,
+  0.3 by default; for MVTec LOCO AD also its AU-sPRO at the same limit), accuracy /
   precision / recall / F1 and confusion counts at the threshold chosen on *normal validation
   images* (``models/<category>/thresholds.json``, refused when it records other score params
   than ``params.score``), the oracle best F1 (comparison only) and image AUROC per defect type;
@@ -40,6 +41,7 @@ from anomaly_spotter.detectors.base import Detector
 from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
 from anomaly_spotter.images import read_mask
 from anomaly_spotter.processed import ProcessedCategory
+from anomaly_spotter.regions import read_regions
 from anomaly_spotter.scoring import ScoredImages, score_images
 from anomaly_spotter.thresholds import Thresholds, score_record
 from anomaly_spotter.visualize import HeatmapRow, heatmap_grid_png, score_histogram_png
@@ -187,6 +189,11 @@ def evaluate_category(
     masks, maps = pixel_inputs(data, Path(raw_dir), scored.maps, params.evaluate.resolution)
     fpr_limit = params.evaluate.pro_fpr_limit
     results = compute_metrics(data, scored, threshold, masks, maps, fpr_limit=fpr_limit)
+    regions = read_regions(Path(raw_dir), data.test_items)
+    if regions is not None:  # MVTec LOCO AD: its official sPRO, on maps at the regions' (original) size
+        original = maps if params.evaluate.resolution == "original" else pixel_inputs(data, Path(raw_dir), scored.maps, "original")[1]
+        good = [item.label == 0 for item in data.test_items]
+        results["au_spro"] = m.au_spro(original, regions, good, fpr_limit=fpr_limit)
     results["threshold_strategy"] = thresholds.strategy
     labels = data.test_labels
 

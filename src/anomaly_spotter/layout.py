@@ -12,7 +12,7 @@ The layout every source (synthetic, local folder, MVTec download) must produce::
 
 When ``validation/good/`` is there (MVTec LOCO AD, MVTec 3D-AD and MVTec AD 2 publish one),
 thresholds and model selection use it instead of a hold-out of ``train/good``. ``regions/`` is
-not checked here: only :mod:`anomaly_spotter.spro` reads it.
+not checked here: only :mod:`anomaly_spotter.regions` reads it.
 
 ``<ext>`` is any of :data:`anomaly_spotter.images.IMAGE_SUFFIXES` (case-insensitive). Masks are
 read at their native bit depth by :func:`anomaly_spotter.images.read_mask_values` (8- or 16-bit
@@ -52,7 +52,7 @@ from anomaly_spotter.images import IMAGE_SUFFIXES, image_size, read_mask_values
 GOOD = "good"
 MASK_SUFFIX = "_mask"
 TOP_LEVEL = ("train", "validation", "test", "ground_truth")
-REGIONS = "regions"
+REGIONS = "regions"  # MVTec LOCO AD's per-region masks, read by anomaly_spotter.regions
 # OS clutter that is skipped like dot-files (compared lower-case).
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 # OpenCV releases the GIL while decoding, so a few threads keep both cores busy without

@@ -13,7 +13,7 @@ them), written to ``ground_truth/<family>/NNN_mask.png``. The defect family stay
 type (``logical_anomalies`` / ``structural_anomalies``), so ``evaluate`` reports each family's
 image AUROC separately (``per_defect_image_auroc``). The per-region masks and
 ``defects_config.json`` are kept under ``regions/`` for the official sPRO metric
-(:func:`anomaly_spotter.metrics.au_spro`).
+(:mod:`anomaly_spotter.regions`, :func:`anomaly_spotter.metrics.au_spro`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from pathlib import Path
 
 from anomaly_spotter.archives import Dataset, DatasetArchive, move_files, visible_files, visible_folders, write_union_mask
 from anomaly_spotter.categories import MVTEC_LOCO_CATEGORIES
-from anomaly_spotter.layout import GOOD, MASK_SUFFIX, REGIONS
 from anomaly_spotter.errors import DataError
+from anomaly_spotter.layout import GOOD, MASK_SUFFIX, REGIONS
+from anomaly_spotter.regions import DEFECTS_CONFIG
 
 ARCHIVE = DatasetArchive(
     dataset="MVTec LOCO AD",
@@ -35,8 +36,6 @@ ARCHIVE = DatasetArchive(
     size="several GB (size not in our reference)",
     licence="CC BY-NC-SA 4.0",
 )
-
-DEFECTS_CONFIG = "defects_config.json"
 
 
 def to_layout(root: Path, staging: Path) -> None:
