@@ -172,6 +172,11 @@ def test_visa_split_rows_that_name_no_usable_file(row, problem, tmp_path):
     assert_nothing_written(dest)
 
 
+def test_misspelt_source_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"data.source: 'mvtec_lcoo' is not one of .*mvtec_loco.* \(did you mean 'mvtec_loco'\?\)"):
+        parse_params({"data": {"source": "mvtec_lcoo"}})
+
+
 @pytest.mark.parametrize("source", ARCHIVE_SOURCES)
 def test_unknown_category_suggests_the_closest(source):
     good, _ = CATEGORY[source]

@@ -365,7 +365,7 @@ def _check_bounds(value: Any, meta: typing.Mapping[str, Any], key: str, problems
     if value is None:
         return
     if "choices" in meta and value not in meta["choices"]:
-        problems.append(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
+        problems.append(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}{did_you_mean(value, meta['choices'])}")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None:
         if meta.get("min_open") and not value > lo:
