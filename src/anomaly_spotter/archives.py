@@ -301,8 +301,10 @@ def write_union_mask(masks: Iterable[Path], target: Path) -> None:
         values = read_mask(mask)
         if union is not None and values.shape != union.shape:
             raise DataError(
-                [f"{mask}: mask is {values.shape[0]}x{values.shape[1]} but the other masks of its image are "
-                 f"{union.shape[0]}x{union.shape[1]}; the archive is damaged or not the expected one, download it again"]
+                [
+                    f"{mask}: mask is {values.shape[0]}x{values.shape[1]} but the other masks of its image are "
+                    f"{union.shape[0]}x{union.shape[1]}; the archive is damaged or not the expected one, download it again"
+                ]
             )
         union = values if union is None else union | values
     if union is None:

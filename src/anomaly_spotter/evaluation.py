@@ -39,7 +39,7 @@ from anomaly_spotter.anomaly_map import resize_to
 from anomaly_spotter.config import EvaluateConfig, Params
 from anomaly_spotter.detectors.base import Detector
 from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
-from anomaly_spotter.images import read_mask
+from anomaly_spotter.images import encode_float_tiff, read_mask
 from anomaly_spotter.processed import ProcessedCategory
 from anomaly_spotter.regions import read_regions
 from anomaly_spotter.scoring import ScoredImages, score_images
@@ -157,13 +157,9 @@ def scores_csv(data: ProcessedCategory, scores: np.ndarray, threshold: float) ->
 
 def export_tiffs(folder: Path, category: str, data: ProcessedCategory, maps: list[np.ndarray]) -> None:
     """Float32 TIFF maps at ``<folder>/<category>/test/<defect>/<id>.tiff`` (MVTec evaluation layout)."""
-    import tifffile
-
     for item, amap in zip(data.test_items, maps):
         stem = Path(item.file).stem
-        buffer = io.BytesIO()
-        tifffile.imwrite(buffer, amap.astype(np.float32), metadata=None, software=False, datetime=False)
-        write_bytes(folder / category / "test" / item.defect_type / f"{stem}.tiff", buffer.getvalue())
+        write_bytes(folder / category / "test" / item.defect_type / f"{stem}.tiff", encode_float_tiff(amap))
 
 
 def evaluate_category(

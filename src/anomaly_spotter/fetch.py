@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from anomaly_spotter.config import DataConfig

@@ -52,8 +52,10 @@ def _saturations(config_path: Path) -> dict[int, tuple[float, bool]]:
         return {int(e["pixel_value"]): (float(e["saturation_threshold"]), bool(e["relative_saturation"])) for e in entries}
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise DataError(
-            [f"{config_path}: cannot read the defect types ({exc!r}); expected LOCO's list of "
-             f"{{defect_name, pixel_value, saturation_threshold, relative_saturation}}; run the fetch stage again"]
+            [
+                f"{config_path}: cannot read the defect types ({exc!r}); expected LOCO's list of "
+                f"{{defect_name, pixel_value, saturation_threshold, relative_saturation}}; run the fetch stage again"
+            ]
         ) from exc
 
 
@@ -79,8 +81,10 @@ def read_regions(raw_dir: Path, items: Sequence[TestFile]) -> list[list[tuple[np
             present = np.unique(values[values > 0])
             if len(present) != 1 or int(present[0]) not in saturations:
                 raise DataError(
-                    [f"{mask}: holds pixel values {present.tolist()}, but a region mask holds one value listed in "
-                     f"{DEFECTS_CONFIG} ({sorted(saturations)}); run the fetch stage again"]
+                    [
+                        f"{mask}: holds pixel values {present.tolist()}, but a region mask holds one value listed in "
+                        f"{DEFECTS_CONFIG} ({sorted(saturations)}); run the fetch stage again"
+                    ]
                 )
             region = values > 0
             threshold, relative = saturations[int(present[0])]
