@@ -22,7 +22,7 @@ from conftest_data import make_tar, square_mask, texture, write_image
 # The category each test fetches, and another one beside it in the archive.
 CATEGORY = {"visa": ("candle", "pcb1"), "mvtec_3d": ("bagel", "tire"), "mvtec_loco": ("pushpins", "screw_bag"), "mvtec_ad2": ("can", "vial")}
 # Counts small enough for 2 cores, large enough for the pipeline: thresholds need 2 validation images.
-TRAIN, VALIDATION, TEST_GOOD, TEST_BAD = 10, 2, 2, 2
+TRAIN, VALIDATION, TEST_GOOD, TEST_BAD = 6, 2, 2, 2
 
 
 class _Seeds:

@@ -150,12 +150,12 @@ def test_truncated_archive_is_an_error_and_leaves_the_previous_category(tmp_path
 @pytest.mark.parametrize(
     "row, problem",
     [
-        ("candle,train,normal,candle/Data/Images/Normal/9999.JPG,", "line 16: 'candle/Data/Images/Normal/9999.JPG' is not in the archive"),
-        ("candle,train,normal,candle/../../etc/passwd,", "line 16: 'candle/../../etc/passwd' is outside the dataset's candle/ folder"),
-        ("candle,train,normal,/etc/passwd,", "line 16: '/etc/passwd' is outside the dataset's candle/ folder"),
-        ("candle,train,normal,pcb1/Data/Images/Normal/0000.JPG,", "line 16: 'pcb1/Data/Images/Normal/0000.JPG' is outside the dataset's candle/ folder"),
-        ("candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/404.png", "line 16: 'candle/Data/Masks/Anomaly/404.png' is not in"),
-        ("candle,val,normal,candle/Data/Images/Normal/0000.JPG,", "line 16: split 'val' with label 'normal' is not part of the one-class split"),
+        ("candle,train,normal,candle/Data/Images/Normal/9999.JPG,", "'candle/Data/Images/Normal/9999.JPG' is not in the archive"),
+        ("candle,train,normal,candle/../../etc/passwd,", "'candle/../../etc/passwd' is outside the dataset's candle/ folder"),
+        ("candle,train,normal,/etc/passwd,", "'/etc/passwd' is outside the dataset's candle/ folder"),
+        ("candle,train,normal,pcb1/Data/Images/Normal/0000.JPG,", "'pcb1/Data/Images/Normal/0000.JPG' is outside the dataset's candle/ folder"),
+        ("candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/404.png", "'candle/Data/Masks/Anomaly/404.png' is not in"),
+        ("candle,val,normal,candle/Data/Images/Normal/0000.JPG,", "split 'val' with label 'normal' is not part of the one-class split"),
     ],
 )
 def test_visa_split_rows_that_name_no_usable_file(row, problem, tmp_path):
@@ -167,7 +167,8 @@ def test_visa_split_rows_that_name_no_usable_file(row, problem, tmp_path):
     dest = tmp_path / "raw" / "candle"
     with pytest.raises(DataError) as info:
         fetch(genuine("visa", archive), dest, tmp_path / "cache", archive=archive)
-    assert f"split_csv/1cls.csv {problem}" in str(info.value)
+    line = len(candle_rows) + 2  # after the header and the category's good rows
+    assert f"split_csv/1cls.csv line {line}: {problem}" in str(info.value)
     assert "in candle of VisA" in str(info.value)
     assert_nothing_written(dest)
 
