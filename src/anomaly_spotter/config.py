@@ -62,9 +62,9 @@ class SyntheticConfig:
 class DataConfig:
     """Where the raw images come from (stage ``fetch``)."""
 
-    # The downloaded benchmarks (mvtec and after) are read in their own layout and written in
-    # MVTec AD's (anomaly_spotter.fetch).
-    source: str = field(default="synthetic", metadata=_choices("synthetic", "folder", "mvtec", "mvtec_loco", "mvtec_3d", "mvtec_ad2", "visa"))
+    # The built-in and downloaded sources (categories.SOURCE_CATEGORIES: the downloaded ones are
+    # read in their own layout and written in MVTec AD's, anomaly_spotter.fetch) and a local folder.
+    source: str = field(default="synthetic", metadata=_choices(*SOURCE_CATEGORIES, "folder"))
     categories: tuple[str, ...] = ("weave", "marble", "washer")
     root: str = ""  # folder source: <root>/<category> in MVTec AD layout
     mirror: str = ""  # downloaded sources: replaces the official base URL

@@ -71,7 +71,7 @@ WHOLE_ARCHIVE = DatasetArchive(
     licence="CC BY-NC-SA 4.0",
 )
 
-LICENSE = "CC BY-NC-SA 4.0"
+LICENSE = WHOLE_ARCHIVE.licence
 
 
 def check_category_names(names: Iterable[str]) -> None:
