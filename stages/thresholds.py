@@ -19,8 +19,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     params = load_params(args.params, args.category)
     model, _ = load_model(args.model)
-    validation = score_images(model, load_processed(args.data).val, params.score)
-    write_json(args.out, threshold_report(validation.scores, params.thresholds, score_record(params.score, model)))
+    data = load_processed(args.data)
+    validation = score_images(model, data.val, params.score)
+    report = threshold_report(validation.scores, params.thresholds, score_record(params.score, model), val_source=data.val_source)
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def test_extracts_zip_archives(tmp_path):
     assert tree_bytes(tmp_path / "out" / "bottle") == tree_bytes(category)
 
 
-def test_select_and_stop_after_selection(tmp_path):
+def test_select_and_stop(tmp_path):
     archive = make_raw_tar(
         tmp_path / "a.tar.gz",
         [file_member("top/a/1"), file_member("top/b/1"), file_member("top/b/2"), file_member("top/c/1"), (tarfile.TarInfo("junk"), None)],
@@ -169,9 +169,9 @@ def test_select_and_stop_after_selection(tmp_path):
         seen.append(name)
         return name.startswith("top/b/")
 
-    safe_extract(archive, tmp_path / "out", select=select, stop_after_selection=True)
+    safe_extract(archive, tmp_path / "out", select=select, stop=lambda name: name.startswith("top/c/"))
     assert sorted(tree_bytes(tmp_path / "out")) == ["top/b/1", "top/b/2"]
-    assert seen == ["top/a/1", "top/b/1", "top/b/2", "top/c/1"]  # stopped there
+    assert seen == ["top/a/1", "top/b/1", "top/b/2"]  # stopped at top/c/1
 
 
 UNSAFE = [

@@ -242,3 +242,25 @@ def test_import_of_a_missing_folder(tmp_path):
     with pytest.raises(DataError, match="category folder does not exist"):
         import_folder_category(tmp_path / "nope", tmp_path / "dest", min_train_images=1)
     assert not (tmp_path / "dest").exists()
+
+
+def test_official_validation_split_is_listed_checked_and_imported(tmp_path, category):
+    for i in range(2):
+        write_image(category / "validation" / "good" / f"{i:03d}.png", texture(50 + i))
+    assert find_problems(category) == []
+    assert [p.name for p in list_category(category).validation] == ["000.png", "001.png"]
+    dest = tmp_path / "imported"
+    import_folder_category(category, dest, min_train_images=3)
+    assert tree_bytes(dest) == tree_bytes(category)  # the folder source keeps it too
+    write_image(category / "validation" / "crack" / "000.png", texture(60))
+    (category / "validation" / "good" / "001.png").write_bytes(b"not an image")
+    problems = find_problems(category)
+    assert any(p.startswith("validation/crack/: only validation/good/ is used") for p in problems)
+    assert any(p.startswith("validation/good/001.png") for p in problems)
+    shutil.rmtree(category / "validation" / "good")
+    assert "validation/good/: folder is missing; put the defect-free validation images there or delete validation/" in find_problems(category)
+
+
+def test_regions_folder_is_not_a_layout_problem(category):
+    write_image(category / "regions" / "logical_anomalies" / "000" / "000.png", square_mask(0))
+    assert find_problems(category) == []

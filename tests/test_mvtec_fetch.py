@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest_data import make_category, make_tar, running_server, tree_bytes
 
-from anomaly_spotter import mvtec
+from anomaly_spotter import archives, mvtec
 from anomaly_spotter.errors import DataError, FetchError, UserError
 from anomaly_spotter.mvtec import (
     BASE_URL,
@@ -51,7 +52,7 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"unexpected download {args}")
 
-    monkeypatch.setattr(mvtec, "download", refuse)
+    monkeypatch.setattr(archives, "download", refuse)
 
 
 def assert_clean(folder: Path, *expected: str) -> None:
@@ -155,7 +156,7 @@ def whole_archive(tmp_path: Path, bottle: Path, monkeypatch) -> Path:
         tmp_path / "downloads" / WHOLE_ARCHIVE_NAME,
         {"mvtec_anomaly_detection/cable": cable, "mvtec_anomaly_detection/bottle": bottle, "mvtec_anomaly_detection/carpet": carpet},
     )
-    monkeypatch.setattr(mvtec, "WHOLE_ARCHIVE_SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
+    monkeypatch.setattr(mvtec, "WHOLE_ARCHIVE", replace(mvtec.WHOLE_ARCHIVE, checksum=hashlib.sha256(path.read_bytes()).hexdigest()))
     return path
 
 
@@ -165,13 +166,13 @@ def test_whole_archive_extracts_only_the_category(tmp_path, bottle, whole_archiv
     assert tree_bytes(dest) == tree_bytes(bottle)
     assert_clean(tmp_path / "raw", "bottle")
     # The checksum is remembered: the next category does not hash 5 GB again.
-    monkeypatch.setattr(mvtec, "sha256_file", lambda *a, **k: pytest.fail("hashed twice"))
+    monkeypatch.setattr(archives, "file_digest", lambda *a, **k: pytest.fail("hashed twice"))
     fetch_mvtec_category("cable", tmp_path / "raw" / "cable", archive=whole_archive, cache_dir=cache, progress=False)
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["bottle", "cable"]
 
 
 def test_whole_archive_with_wrong_checksum_is_refused(tmp_path, whole_archive, no_network, monkeypatch):
-    monkeypatch.setattr(mvtec, "WHOLE_ARCHIVE_SHA256", "f" * 64)
+    monkeypatch.setattr(mvtec, "WHOLE_ARCHIVE", replace(mvtec.WHOLE_ARCHIVE, checksum="f" * 64))
     with pytest.raises(FetchError) as info:
         fetch_mvtec_category("bottle", tmp_path / "raw" / "bottle", archive=whole_archive, cache_dir=tmp_path / "cache", progress=False)
     message = str(info.value)

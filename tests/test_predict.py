@@ -271,3 +271,19 @@ def test_thresholds_without_a_score_record_are_refused(workspace, capsys):
     assert exit_code(["--category", CATEGORY, "images"]) == 2
     err = capsys.readouterr().err
     assert "models/weave/thresholds.json does not record the score params" in err and "dvc repro thresholds@weave" in err
+
+
+def test_maps_are_exported_at_the_original_size_for_a_benchmark_server(workspace):
+    """MVTec AD 2's private splits have no ground truth: scored here, judged by the server."""
+    import tifffile
+
+    from anomaly_spotter.anomaly_map import resize_to
+
+    assert exit_code(["--category", CATEGORY, "images/single.png", "--maps", "--out", "server"]) == 0
+    (row,) = read_jsonl(workspace / "server" / RESULTS_NAME)
+    assert row["map"] == "server/single.tiff"
+    exported = tifffile.imread(row["map"])
+    detector = load_detector(CATEGORY)
+    expected = score_images(detector.model, resize(read_image("images/single.png"), 32)[None], detector.score).maps[0]
+    assert exported.dtype == np.float32 and exported.shape == (40, 56)
+    np.testing.assert_allclose(exported, resize_to(expected, (40, 56)), rtol=1e-6, atol=1e-7)

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import difflib
 import dataclasses
 import os
 import re
@@ -34,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from anomaly_spotter.categories import MVTEC_CATEGORIES, SYNTHETIC_CATEGORIES
+from anomaly_spotter.categories import SOURCE_CATEGORIES, did_you_mean
 from anomaly_spotter.errors import ConfigError
 
 CATEGORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -65,12 +64,14 @@ class SyntheticConfig:
 class DataConfig:
     """Where the raw images come from (stage ``fetch``)."""
 
-    source: str = field(default="synthetic", metadata=_choices("synthetic", "folder", "mvtec"))
+    # The built-in and downloaded sources (categories.SOURCE_CATEGORIES: the downloaded ones are
+    # read in their own layout and written in MVTec AD's, anomaly_spotter.fetch) and a local folder.
+    source: str = field(default="synthetic", metadata=_choices(*SOURCE_CATEGORIES, "folder"))
     categories: tuple[str, ...] = ("weave", "marble", "washer")
     root: str = ""  # folder source: <root>/<category> in MVTec AD layout
-    mirror: str = ""  # mvtec: replaces the official base URL
-    archive: str = ""  # mvtec: an archive already on disk (no network)
-    cache_dir: str = field(default=".cache/downloads")  # mvtec: where archives are kept between runs
+    mirror: str = ""  # downloaded sources: replaces the official base URL
+    archive: str = ""  # downloaded sources: an archive already on disk (no network)
+    cache_dir: str = field(default=".cache/downloads")  # downloaded sources: where archives are kept between runs
     min_train_images: int = field(default=4, metadata=_range(1))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -233,6 +234,9 @@ class EvaluateConfig:
     resolution: str = field(default="original", metadata=_choices("original", "model"))
     export_maps: bool = False  # float32 TIFFs in MVTec's evaluation layout
     heatmap_examples: int = field(default=2, metadata=_range(1, 16))  # images per defect type in heatmaps.png
+    # AU-PRO (and LOCO's AU-sPRO) integrate up to this false positive rate: 0.3 is MVTec AD's
+    # protocol; the MVTec AD 2 and LOCO papers report 0.05.
+    pro_fpr_limit: float = field(default=0.3, metadata=_range(0.0, 1.0, lo_open=True))
 
 
 @dataclass(frozen=True)
@@ -363,7 +367,7 @@ def _check_bounds(value: Any, meta: typing.Mapping[str, Any], key: str, problems
     if value is None:
         return
     if "choices" in meta and value not in meta["choices"]:
-        problems.append(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
+        problems.append(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}{did_you_mean(value, meta['choices'])}")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None:
         if meta.get("min_open") and not value > lo:
@@ -464,18 +468,13 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
 
 def _unknown_categories(data: DataConfig) -> list[str]:
     """Categories the chosen source cannot provide (the folder source is checked when fetching)."""
-    if data.source == "synthetic":
-        known = SYNTHETIC_CATEGORIES
-    elif data.source == "mvtec":
-        known = MVTEC_CATEGORIES
-    else:
+    known = SOURCE_CATEGORIES.get(data.source)
+    if known is None:
         return []
     problems = []
     for name in data.categories:
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"data.categories: {name!r} is not a {data.source} category{hint}; valid: {', '.join(known)}")
+            problems.append(f"data.categories: {name!r} is not a {data.source} category{did_you_mean(name, known)}; valid: {', '.join(known)}")
     return problems
 
 

@@ -8,7 +8,8 @@
 * resumes a dropped transfer with an HTTP ``Range`` request (``If-Range`` guards against the file
   changing on the server meanwhile), and starts over when the server answers 200 instead of 206;
 * writes to ``<dest>.part`` beside the target and renames it to ``dest`` only when its length
-  matches what the server announced and, when given, its SHA-256 matches;
+  matches what the server announced and, when given, its checksum (SHA-256, or MD5 where that
+  is all a dataset publishes) matches;
 * refuses an HTML page served in place of the file (an expired link, a login or consent page).
 
 A ``.part`` left by a network failure (or Ctrl-C) is kept so the next call resumes it; it is
@@ -76,6 +77,10 @@ def partial_path(dest: str | os.PathLike[str]) -> Path:
     return dest.with_name(dest.name + PART_SUFFIX)
 
 
+# The checksum algorithms datasets publish (MVTec 3D-AD only an MD5), by name.
+CHECKSUM_ALGORITHMS = ("sha256", "md5")
+
+
 def sha256_file(path: str | os.PathLike[str], *, progress: bool = False) -> str:
     """Hex SHA-256 of a file, read in chunks (optionally with a progress bar for big archives).
 
@@ -85,8 +90,22 @@ def sha256_file(path: str | os.PathLike[str], *, progress: bool = False) -> str:
     >>> sha256_file(p)[:16]
     'ba7816bf8f01cfea'
     """
+    return file_digest(path, "sha256", progress=progress)
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str, *, progress: bool = False) -> str:
+    """Hex digest of a file with ``algorithm`` (one of :data:`CHECKSUM_ALGORITHMS`), read in chunks.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"
+    >>> _ = p.write_bytes(b"abc")
+    >>> file_digest(p, "md5")
+    '900150983cd24fb0d6963f7d28e17f72'
+    """
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise ValueError(f"unknown checksum algorithm {algorithm!r}; use one of {', '.join(CHECKSUM_ALGORITHMS)}")
     path = Path(path)
-    digest = hashlib.sha256()
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle, _bar(path.stat().st_size, 0, f"checking {path.name}", progress) as bar:
         while chunk := handle.read(CHUNK_BYTES):
             digest.update(chunk)
@@ -263,6 +282,7 @@ def download(
     dest: str | os.PathLike[str],
     *,
     expected_sha256: str | None = None,
+    expected_md5: str | None = None,
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
     retries: int = 5,
@@ -272,19 +292,23 @@ def download(
     """Download ``url`` to ``dest`` (all or nothing) and return ``dest``.
 
     An existing ``dest`` is a finished earlier download (only complete files get that name):
-    it is returned without network access, after checking ``expected_sha256`` when given (on
-    a mismatch it is downloaded again).
+    it is returned without network access, after checking ``expected_sha256`` (or
+    ``expected_md5``; at most one of them) when given (on a mismatch it is downloaded again).
 
     Raises :class:`FetchError` when the server refuses (HTTP 4xx), sends a web page, the
-    SHA-256 differs, or ``retries`` retries in a row made no progress.
+    checksum differs, or ``retries`` retries in a row made no progress.
 
     >>> download("https://example.org/a.tar.xz", Path("cache/a.tar.xz"), expected_sha256="ab12...")  # doctest: +SKIP
     PosixPath('cache/a.tar.xz')
     """
     dest = Path(dest)
-    expected = expected_sha256.strip().lower() if expected_sha256 else None
+    if expected_sha256 and expected_md5:
+        raise ValueError("give expected_sha256 or expected_md5, not both")
+    algorithm, label = ("md5", "MD5") if expected_md5 else ("sha256", "SHA-256")
+    expected_hex = expected_md5 or expected_sha256
+    expected = expected_hex.strip().lower() if expected_hex else None
     if dest.is_file():
-        if expected is None or sha256_file(dest, progress=progress) == expected:
+        if expected is None or file_digest(dest, algorithm, progress=progress) == expected:
             return dest
         dest.unlink()  # a stale or damaged earlier download
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -314,11 +338,11 @@ def download(
                 tqdm.write(f"download of {url}: {exc}; retrying in {wait:.1f} s ({failures}/{retries})", file=sys.stderr)
             time.sleep(wait)
     if expected is not None:
-        actual = sha256_file(transfer.part, progress=progress)
+        actual = file_digest(transfer.part, algorithm, progress=progress)
         if actual != expected:
             transfer.part.unlink()
             raise FetchError(
-                f"{url}: the downloaded file has SHA-256 {actual} but {expected} was expected, so it is damaged or not "
+                f"{url}: the downloaded file has {label} {actual} but {expected} was expected, so it is damaged or not "
                 f"the expected file; it was deleted. Run again to download it afresh, or check the URL (or mirror)"
             )
     os.replace(transfer.part, dest)
@@ -483,15 +507,15 @@ def safe_extract(
     dest_dir: str | os.PathLike[str],
     *,
     select: Callable[[str], bool] | None = None,
-    stop_after_selection: bool = False,
+    stop: Callable[[str], bool] | None = None,
 ) -> None:
     """Extract ``archive`` into ``dest_dir`` (replaced as a whole, only if everything succeeds).
 
     ``select`` receives each member's normalised relative path (``bottle/train/good/000.png``)
-    and returns whether to extract it; unselected members are skipped unread. With
-    ``stop_after_selection`` reading stops at the first unselected member after a selected
-    one: a tar made from a folder stores each sub-folder contiguously, so one category of a
-    multi-GB archive is extracted without decompressing the rest.
+    and returns whether to extract it; unselected members are skipped unread. ``stop``, asked
+    first, ends reading at the first member it returns True for (that one is not extracted):
+    a tar made from a folder stores each sub-folder contiguously, so once past a category's
+    folder one category of a multi-GB archive is extracted without decompressing the rest.
 
     Raises :class:`FetchError` naming the member for an unsafe member, or the archive when it
     is damaged; ``dest_dir`` is then left as it was.
@@ -505,16 +529,14 @@ def safe_extract(
     # closing(): stopping early must close the archive now, not whenever the generator is collected.
     with contextlib.closing(members), staging_dir(dest_dir) as root:
         links: list[Path] = []
-        selected_any = False
         for member in _guarded(members, archive):
             rel = _safe_relpath(archive, member.name)
             if rel is None:
                 continue
+            if stop is not None and stop(rel.as_posix()):
+                break
             if select is not None and not select(rel.as_posix()):
-                if stop_after_selection and selected_any:
-                    break
                 continue
-            selected_any = True
             _extract_member(archive, member, rel, root, links)
         # A link checked when it was created can be redirected by a link extracted after it;
         # check all of them again now that the tree is final.

@@ -2,14 +2,15 @@
 
 Outputs for one category:
 
-* ``metrics/<category>.json`` – image AUROC, pixel AUROC, AU-PRO (FPR ≤ 0.3), accuracy /
+* ``metrics/<category>.json`` – image AUROC, pixel AUROC, AU-PRO (FPR ≤ ``evaluate.pro_fpr_limit``,
+  0.3 by default; for MVTec LOCO AD also its AU-sPRO at the same limit), accuracy /
   precision / recall / F1 and confusion counts at the threshold chosen on *normal validation
   images* (``models/<category>/thresholds.json``, refused when it records other score params
   than ``params.score``), the oracle best F1 (comparison only) and image AUROC per defect type;
 * ``plots/<category>/`` – the data of the charts ``dvc plots show`` draws with the templates in
   ``.dvc/plots/`` (declared in ``dvc.yaml``, so ``dvc plots diff`` overlays experiments):
   ``roc.json`` and ``pr.json`` (one extra row, ``operating_point: true``, is where the chosen
-  threshold sits on the curve), ``pro.json`` (the PRO curve up to FPR 0.3, every row carrying
+  threshold sits on the curve), ``pro.json`` (the PRO curve up to that FPR, every row carrying
   ``au_pro``) and ``scores.json`` (every test image's score, label and the threshold); also
   ``heatmaps.png`` and ``score_histogram.png``;
 * ``evaluation/<category>/scores.csv`` – one row per test image; with
@@ -35,19 +36,18 @@ import numpy as np
 
 from anomaly_spotter import metrics as m
 from anomaly_spotter.anomaly_map import resize_to
-from anomaly_spotter.config import Params
+from anomaly_spotter.config import EvaluateConfig, Params
 from anomaly_spotter.detectors.base import Detector
 from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
-from anomaly_spotter.images import read_mask
+from anomaly_spotter.images import encode_float_tiff, read_mask
 from anomaly_spotter.processed import ProcessedCategory
+from anomaly_spotter.regions import read_regions
 from anomaly_spotter.scoring import ScoredImages, score_images
 from anomaly_spotter.thresholds import Thresholds, score_record
 from anomaly_spotter.visualize import HeatmapRow, heatmap_grid_png, score_histogram_png
 
 GOOD = "good"
 DEFECT = "defect"
-# MVTec's AU-PRO integrates the PRO curve up to this false positive rate.
-PRO_FPR_LIMIT = 0.3
 
 
 def pixel_inputs(data: ProcessedCategory, raw_dir: Path, maps: np.ndarray, resolution: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -62,15 +62,23 @@ def pixel_inputs(data: ProcessedCategory, raw_dir: Path, maps: np.ndarray, resol
     return masks, resized
 
 
-def compute_metrics(data: ProcessedCategory, scored: ScoredImages, threshold: float, masks: list[np.ndarray], maps: list[np.ndarray]) -> dict[str, Any]:
-    """Every number of ``metrics/<category>.json``."""
+def compute_metrics(
+    data: ProcessedCategory,
+    scored: ScoredImages,
+    threshold: float,
+    masks: list[np.ndarray],
+    maps: list[np.ndarray],
+    *,
+    fpr_limit: float = EvaluateConfig().pro_fpr_limit,
+) -> dict[str, Any]:
+    """Every number of ``metrics/<category>.json``; AU-PRO integrates up to ``fpr_limit`` (``evaluate.pro_fpr_limit``)."""
     labels, scores = data.test_labels, scored.scores
     at_threshold = m.classification_at_threshold(labels, scores, threshold)
     oracle = m.f1_max(labels, scores)
     return {
         "image_auroc": m.image_auroc(labels, scores),
         "pixel_auroc": m.pixel_auroc(masks, maps),
-        "au_pro": m.au_pro(masks, maps, fpr_limit=PRO_FPR_LIMIT),
+        "au_pro": m.au_pro(masks, maps, fpr_limit=fpr_limit),
         **at_threshold,
         "threshold": threshold,
         "f1_max_oracle": oracle["f1_max"],  # best F1 over all thresholds: peeks at test labels
@@ -149,13 +157,9 @@ def scores_csv(data: ProcessedCategory, scores: np.ndarray, threshold: float) ->
 
 def export_tiffs(folder: Path, category: str, data: ProcessedCategory, maps: list[np.ndarray]) -> None:
     """Float32 TIFF maps at ``<folder>/<category>/test/<defect>/<id>.tiff`` (MVTec evaluation layout)."""
-    import tifffile
-
     for item, amap in zip(data.test_items, maps):
         stem = Path(item.file).stem
-        buffer = io.BytesIO()
-        tifffile.imwrite(buffer, amap.astype(np.float32), metadata=None, software=False, datetime=False)
-        write_bytes(folder / category / "test" / item.defect_type / f"{stem}.tiff", buffer.getvalue())
+        write_bytes(folder / category / "test" / item.defect_type / f"{stem}.tiff", encode_float_tiff(amap))
 
 
 def evaluate_category(
@@ -179,7 +183,13 @@ def evaluate_category(
     threshold = thresholds.threshold
     scored = score_images(model, data.test, params.score)
     masks, maps = pixel_inputs(data, Path(raw_dir), scored.maps, params.evaluate.resolution)
-    results = compute_metrics(data, scored, threshold, masks, maps)
+    fpr_limit = params.evaluate.pro_fpr_limit
+    results = compute_metrics(data, scored, threshold, masks, maps, fpr_limit=fpr_limit)
+    regions = read_regions(Path(raw_dir), data.test_items)
+    if regions is not None:  # MVTec LOCO AD: its official sPRO, on maps at the regions' (original) size
+        original = maps if params.evaluate.resolution == "original" else pixel_inputs(data, Path(raw_dir), scored.maps, "original")[1]
+        good = [item.label == 0 for item in data.test_items]
+        results["au_spro"] = m.au_spro(original, regions, good, fpr_limit=fpr_limit)
     results["threshold_strategy"] = thresholds.strategy
     labels = data.test_labels
 
@@ -188,7 +198,7 @@ def evaluate_category(
     with staging_dir(plots_dir) as plots, staging_dir(results_dir) as out:
         write_json(plots / "roc.json", {"roc": curve_with_operating_point(m.roc_points(labels, scored.scores), roc_point)})
         write_json(plots / "pr.json", {"pr": curve_with_operating_point(m.pr_points(labels, scored.scores), pr_point)})
-        pro = m.pro_points(masks, maps, fpr_limit=PRO_FPR_LIMIT)
+        pro = m.pro_points(masks, maps, fpr_limit=fpr_limit)
         write_json(plots / "pro.json", {"pro": _curve_rows(pro, au_pro=results["au_pro"])})
         write_json(plots / "scores.json", {"scores": score_rows(data, scored.scores, threshold)})
         # One colour scale for all rows, from the typical map value (blue) to the extreme (red).

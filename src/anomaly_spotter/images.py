@@ -176,3 +176,17 @@ def encode_png(image: np.ndarray) -> bytes:
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buffer.tobytes()
+
+
+def encode_float_tiff(array: np.ndarray) -> bytes:
+    """TIFF bytes of a 2-D map as float32 (deterministic: no timestamp or software tag).
+
+    The format of MVTec's evaluation scripts and benchmark servers for anomaly maps.
+    """
+    import io
+
+    import tifffile  # deferred: only map exports need it
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.asarray(array, dtype=np.float32), metadata=None, software=False, datetime=False)
+    return buffer.getvalue()

@@ -6,6 +6,13 @@ The layout every source (synthetic, local folder, MVTec download) must produce::
     <category>/test/good/<name>.<ext>                       defect-free test images
     <category>/test/<defect>/<name>.<ext>                   defective test images
     <category>/ground_truth/<defect>/<name>_mask.<ext>      0 = good pixel, one value (255 or 1) = defect
+    <category>/validation/good/<name>.<ext>                 optional: an official normal validation split
+
+    <category>/regions/...                                  optional: MVTec LOCO AD's per-region masks (for sPRO)
+
+When ``validation/good/`` is there (MVTec LOCO AD, MVTec 3D-AD and MVTec AD 2 publish one),
+thresholds and model selection use it instead of a hold-out of ``train/good``. ``regions/`` is
+not checked here: only :mod:`anomaly_spotter.regions` reads it.
 
 ``<ext>`` is any of :data:`anomaly_spotter.images.IMAGE_SUFFIXES` (case-insensitive). Masks are
 read at their native bit depth by :func:`anomaly_spotter.images.read_mask_values` (8- or 16-bit
@@ -44,7 +51,8 @@ from anomaly_spotter.images import IMAGE_SUFFIXES, image_size, read_mask_values
 
 GOOD = "good"
 MASK_SUFFIX = "_mask"
-TOP_LEVEL = ("train", "test", "ground_truth")
+TOP_LEVEL = ("train", "validation", "test", "ground_truth")
+REGIONS = "regions"  # MVTec LOCO AD's per-region masks, read by anomaly_spotter.regions
 # OS clutter that is skipped like dot-files (compared lower-case).
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 # OpenCV releases the GIL while decoding, so a few threads keep both cores busy without
@@ -68,13 +76,15 @@ class TestImage:
 class CategoryListing:
     """The image files of one category, in a deterministic (sorted) order.
 
-    ``train`` holds the images of ``train/good``; ``test`` the images of every ``test/<type>``
-    folder, sorted by type then file name.
+    ``train`` holds the images of ``train/good``; ``validation`` those of ``validation/good``
+    (empty when the category has no official validation split); ``test`` the images of every
+    ``test/<type>`` folder, sorted by type then file name.
     """
 
     root: Path
     train: tuple[Path, ...]
     test: tuple[TestImage, ...]
+    validation: tuple[Path, ...] = ()
 
     @property
     def defect_types(self) -> tuple[str, ...]:
@@ -83,7 +93,7 @@ class CategoryListing:
 
     def files(self) -> list[Path]:
         """Every image and mask file of the category (what an import copies)."""
-        out = list(self.train)
+        out = [*self.train, *self.validation]
         for item in self.test:
             out.append(item.path)
             if item.mask is not None:
@@ -146,26 +156,45 @@ class _Scanner:
     def scan(self) -> CategoryListing:
         root = self.root
         for entry in _entries(root):
-            if entry.name not in TOP_LEVEL:
+            if entry.name not in TOP_LEVEL and entry.name != REGIONS:
                 kind = "folder" if entry.is_dir() else "file"
                 suffix = "/" if entry.is_dir() else ""
                 self.problems.append(
-                    f"{entry.name}{suffix}: unexpected {kind}; a category holds only train/, test/ and ground_truth/, move or delete it"
+                    f"{entry.name}{suffix}: unexpected {kind}; a category holds only train/, test/, ground_truth/ "
+                    f"and validation/, move or delete it"
                 )
-        return CategoryListing(root=root, train=tuple(self.scan_train()), test=tuple(self.scan_test()))
+        return CategoryListing(root=root, train=tuple(self.scan_train()), test=tuple(self.scan_test()), validation=tuple(self.scan_validation()))
+
+    def scan_good_split(self, split: str, why: str, missing: str) -> list[Path]:
+        """Images of ``<split>/good``, the only sub-folder a normal-only split may have."""
+        folder = self.root / split
+        for sub in self.subfolders(folder, f"files must be inside {split}/good/") if folder.is_dir() else []:
+            if sub.name != GOOD:
+                self.problems.append(
+                    f"{split}/{sub.name}/: only {split}/good/ is used ({why}); move these images to test/{sub.name}/ or delete the folder"
+                )
+        if not (folder / GOOD).is_dir():
+            self.problems.append(f"{split}/good/: folder is missing; {missing}")
+            return []
+        return self.leaf_images(folder / GOOD, f"{split} images")
 
     def scan_train(self) -> list[Path]:
-        train = self.root / "train"
-        if not (train / GOOD).is_dir():
-            self.problems.append("train/good/: folder is missing; put the defect-free training images there")
+        return self.scan_good_split("train", "training sees defect-free images only", "put the defect-free training images there")
+
+    def scan_validation(self) -> list[Path]:
+        """Images of the optional official validation split (``validation/good`` only: it is normal)."""
+        folder = self.root / "validation"
+        if not folder.exists():
             return []
-        for folder in self.subfolders(train, "files must be inside train/good/"):
-            if folder.name != GOOD:
-                self.problems.append(
-                    f"train/{folder.name}/: only train/good/ is used (training sees defect-free images only); "
-                    f"move these images to test/{folder.name}/ or delete the folder"
-                )
-        return self.leaf_images(train / GOOD, "training images")
+        if not folder.is_dir():
+            self.problems.append("validation: a file where the validation/ folder belongs; delete or rename it")
+            return []
+        images = self.scan_good_split(
+            "validation", "the validation split is defect-free", "put the defect-free validation images there or delete validation/"
+        )
+        if not images and (folder / GOOD).is_dir():
+            self.problems.append("validation/good/: holds no images; add defect-free validation images or delete validation/")
+        return images
 
     def scan_masks(self) -> dict[str, dict[str, list[Path]]] | None:
         """``{defect: {image stem: [mask files]}}``, or None when ``ground_truth/`` is missing."""
@@ -322,7 +351,7 @@ def _content_problems(listing: CategoryListing) -> list[str]:
     """Decode every image and mask (in parallel) and check mask sizes and values."""
     root = listing.root
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
-        train = pool.map(lambda path: _check_image(path, root)[1], listing.train)
+        train = pool.map(lambda path: _check_image(path, root)[1], (*listing.train, *listing.validation))
         test = pool.map(lambda item: _check_test_image(item, root), listing.test)
         return [problem for problems in (*train, *test) for problem in problems]
 

@@ -476,3 +476,87 @@ def pro_points(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, fpr_l
     fpr = np.r_[0.0, fpr[:-1], fpr_limit]
     pro = np.clip(np.r_[0.0, pro[:-1], p_limit], 0.0, 1.0)
     return {"fpr": [float(x) for x in fpr], "pro": [float(x) for x in pro]}
+
+
+# --------------------------------------------------------------------------- MVTec LOCO AD
+
+
+def au_spro(
+    maps: Sequence[np.ndarray],
+    regions: Sequence[Sequence[tuple[np.ndarray, float]]],
+    good: Sequence[bool],
+    *,
+    fpr_limit: float = 0.05,
+) -> float:
+    """Normalised area under the sPRO curve up to ``fpr_limit``: MVTec LOCO AD's localisation metric.
+
+    ``regions[i]`` lists image ``i``'s defect regions as (bool mask, saturation area in pixels);
+    ``good[i]`` marks the defect-free images. For a threshold t, a region's saturated overlap is
+    ``min(#{its pixels with score >= t} / saturation, 1)`` and sPRO is the mean over all
+    regions of all images (each region weighted equally); the false positive rate is the share
+    of the *defect-free images'* pixels at or above t (LOCO's protocol: the ground truth of a
+    logical anomaly need not cover everything a method may fairly flag, so defective images
+    give no false positives). As in :func:`au_pro`, the curve's vertices are the distinct
+    scores, integrated with the trapezoid rule up to ``fpr_limit`` (the last segment
+    interpolated) and divided by ``fpr_limit``.
+
+    >>> import numpy as np
+    >>> good_map = np.array([[0.9, 0.5, 0.2, 0.1]])
+    >>> defect_map = np.array([[0.8, 0.8, 0.05, 0.05, 0.6, 0.3, 0.3, 0.3]])
+    >>> a = np.zeros((1, 8), bool); a[0, :4] = True
+    >>> b = np.zeros((1, 8), bool); b[0, 4:] = True
+    >>> au_spro([good_map, defect_map], [[], [(a, 2.0), (b, 4.0)]], [True, False], fpr_limit=0.5)
+    0.3125
+    """
+    if not (0.0 < fpr_limit <= 1.0):
+        raise MetricError(f"fpr_limit must be in (0, 1]; got {fpr_limit!r}")
+    if not (len(maps) == len(regions) == len(good)):
+        raise MetricError(f"{len(maps)} maps, {len(regions)} region lists and {len(good)} good flags must be as many")
+    normal_maps = [np.asarray(amap) for amap, is_good in zip(maps, good) if is_good]
+    if not normal_maps:
+        raise MetricError("sPRO's false positive rate needs defect-free test images; there are none")
+    normal = np.sort(np.concatenate([amap.ravel() for amap in normal_maps]).astype(np.float64))[::-1]  # descending
+    region_scores: list[np.ndarray] = []
+    saturations: list[float] = []
+    for i, (amap, image_regions) in enumerate(zip(maps, regions)):
+        amap = np.asarray(amap, dtype=np.float64)
+        for mask, saturation in image_regions:
+            if mask.shape != amap.shape:
+                raise MetricError(f"image {i}: region mask {mask.shape} and map {amap.shape} must be the same shape")
+            if not saturation > 0:
+                raise MetricError(f"image {i}: a region's saturation area must be > 0, got {saturation}")
+            region_scores.append(np.sort(amap[mask]))  # ascending, for searchsorted
+            saturations.append(float(saturation))
+    if not region_scores:
+        raise MetricError("no defect regions: sPRO is undefined")
+    if not (np.isfinite(normal).all() and all(np.isfinite(s).all() for s in region_scores)):
+        raise MetricError("anomaly maps have NaN or infinite values")
+
+    # The step crossing fpr_limit: thresholds above it are the distinct normal scores down to there.
+    n = len(normal)
+    crossing = normal[min(n - 1, max(0, math.ceil(fpr_limit * n - 1e-9) - 1))]
+    distinct = np.unique(normal[normal >= crossing])[::-1]  # descending
+    asc = normal[::-1]
+    above = n - np.searchsorted(asc, distinct, side="right")  # normal pixels > t
+    at_or_above = n - np.searchsorted(asc, distinct, side="left")  # ... >= t
+
+    def spro(side: str) -> np.ndarray:
+        total = np.zeros(len(distinct))
+        for scores, saturation in zip(region_scores, saturations):
+            count = len(scores) - np.searchsorted(scores, distinct, side=side)
+            total += np.minimum(count / saturation, 1.0)
+        return total / len(region_scores)
+
+    f0, f1 = above / n, at_or_above / n
+    s0, s1 = spro("right"), spro("left")
+    # Each normal-score step runs from (f0, s0) to (f1, s1); steps of region-only scores between
+    # them are vertical and add no area. The last step is cut at fpr_limit.
+    last = len(distinct) - 1
+    if f1[last] > fpr_limit and f1[last] > f0[last]:
+        fraction = (fpr_limit - f0[last]) / (f1[last] - f0[last])
+        s1 = s1.copy()
+        s1[last] = s0[last] + fraction * (s1[last] - s0[last])
+        f1 = f1.copy()
+        f1[last] = fpr_limit
+    area = float(np.sum((f1 - f0) * (s0 + s1) / 2.0))
+    return area / fpr_limit

@@ -28,19 +28,13 @@ Example:
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import json
 import os
-import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
-from anomaly_spotter.categories import MVTEC_CATEGORIES
-from anomaly_spotter.download import download, safe_extract, sha256_file
-from anomaly_spotter.errors import DataError, FetchError, UserError
-from anomaly_spotter.fileio import staging_dir, write_json
-from anomaly_spotter.layout import TOP_LEVEL, validate_category
+from anomaly_spotter.archives import DatasetArchive, download_with_advice, extract_category, move_layout_folders, obtain_archive
+from anomaly_spotter.categories import MVTEC_CATEGORIES, did_you_mean
+from anomaly_spotter.errors import FetchError, UserError
 
 
 BASE_URL = "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
@@ -67,9 +61,17 @@ CATEGORY_PATHS: dict[str, str] = {
 
 WHOLE_ARCHIVE_NAME = "mvtec_anomaly_detection.tar.xz"
 WHOLE_ARCHIVE_PATH = f"420938113-1629952094/{WHOLE_ARCHIVE_NAME}"
-WHOLE_ARCHIVE_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"  # ~5 GB
+WHOLE_ARCHIVE = DatasetArchive(
+    dataset="MVTec AD",
+    base_url=BASE_URL,
+    path=WHOLE_ARCHIVE_PATH,
+    algorithm="sha256",
+    checksum="cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
+    size="about 5 GB",
+    licence="CC BY-NC-SA 4.0",
+)
 
-LICENSE = "CC BY-NC-SA 4.0"
+LICENSE = WHOLE_ARCHIVE.licence
 
 
 def check_category_names(names: Iterable[str]) -> None:
@@ -82,11 +84,8 @@ def check_category_names(names: Iterable[str]) -> None:
     """
     unknown = []
     for name in names:
-        if name in MVTEC_CATEGORIES:
-            continue
-        close = difflib.get_close_matches(str(name).lower(), MVTEC_CATEGORIES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        unknown.append(f"{name!r}{hint}")
+        if name not in MVTEC_CATEGORIES:
+            unknown.append(f"{name!r}{did_you_mean(name, MVTEC_CATEGORIES)}")
     if unknown:
         plural = "categories" if len(unknown) > 1 else "category"
         raise UserError(f"data.categories: unknown MVTec AD {plural} {', '.join(unknown)}; valid names: {', '.join(MVTEC_CATEGORIES)}")
@@ -108,7 +107,7 @@ def category_url(category: str, mirror: str | None = None) -> str:
 
 def whole_archive_url(mirror: str | None = None) -> str:
     """Download URL of the whole-dataset archive (about 5 GB)."""
-    return _url(BASE_URL, WHOLE_ARCHIVE_PATH, mirror)
+    return WHOLE_ARCHIVE.url(mirror)
 
 
 def is_whole_archive(path: str | os.PathLike[str]) -> bool:
@@ -116,92 +115,8 @@ def is_whole_archive(path: str | os.PathLike[str]) -> bool:
     return Path(path).name == WHOLE_ARCHIVE_NAME
 
 
-def _verified_marker(path: Path, cache_dir: Path) -> Path:
-    key = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:16]
-    return cache_dir / f".{path.name}.{key}.sha256-ok"
-
-
-def _stamp(path: Path) -> dict[str, object]:
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": WHOLE_ARCHIVE_SHA256}
-
-
-def verify_whole_archive(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str], progress: bool = True) -> None:
-    """Check the whole-dataset archive against its published SHA-256, or raise :class:`FetchError`.
-
-    Hashing 5 GB takes a while and the fetch stage runs once per category, so a success is
-    remembered in ``cache_dir`` for this file's path, size and modification time.
-    """
-    path, cache_dir = Path(path), Path(cache_dir)
-    marker = _verified_marker(path, cache_dir)
-    stamp = _stamp(path)
-    try:
-        if json.loads(marker.read_text(encoding="utf-8")) == stamp:
-            return
-    except (OSError, ValueError):
-        pass  # no (readable) record: hash it
-    actual = sha256_file(path, progress=progress)
-    if actual != WHOLE_ARCHIVE_SHA256:
-        raise FetchError(
-            f"{path}: SHA-256 is {actual} but the published MVTec AD archive has {WHOLE_ARCHIVE_SHA256}; the file is "
-            f"incomplete, damaged or another version. Download {WHOLE_ARCHIVE_NAME} again, or use per-category archives"
-        )
-    write_json(marker, stamp)
-
-
-def _download(url: str, path: Path, *, expected_sha256: str | None, progress: bool) -> Path:
-    try:
-        return download(url, path, expected_sha256=expected_sha256, progress=progress)
-    except FetchError as exc:
-        raise FetchError(
-            f"{exc}\nTo fetch without this server, download the archive yourself and set data.archive to it, "
-            f"or set data.mirror to a copy of the MVTec AD share"
-        ) from exc
-
-
-def _category_selector(category: str) -> tuple[list[str], Callable[[str], bool]]:
-    """A ``select`` function for :func:`safe_extract` and the prefix it found.
-
-    The category folder sits at the archive root in per-category archives and possibly one
-    level down in the whole-dataset one; the first matching member fixes where.
-    """
-    found: list[str] = []
-
-    def select(name: str) -> bool:
-        if not found:
-            parts = name.split("/")
-            if parts[0] == category:
-                found.append(category)
-            elif len(parts) > 1 and parts[1] == category and parts[0] not in TOP_LEVEL:
-                found.append(f"{parts[0]}/{category}")
-            else:
-                return False
-        return name == found[0] or name.startswith(found[0] + "/")
-
-    return found, select
-
-
-def _extract_category(archive: Path, category: str, dest: Path, source: str, min_train_images: int) -> None:
-    found, select = _category_selector(category)
-    with staging_dir(dest) as staging:
-        extracted = staging / ".extract"  # inside the staging folder, so every failure removes it too
-        safe_extract(archive, extracted, select=select, stop_after_selection=True)
-        if not found:
-            raise FetchError(
-                f"{archive}: holds no '{category}/' folder; use the MVTec AD archive of this category "
-                f"({category}.tar.xz) or the whole {WHOLE_ARCHIVE_NAME}"
-            )
-        root = extracted / found[0]
-        # Only the layout's folders are kept: readme/licence files beside them are not images.
-        for name in TOP_LEVEL:
-            if (root / name).exists():
-                os.replace(root / name, staging / name)
-        shutil.rmtree(extracted)
-        try:
-            validate_category(staging, min_train_images=min_train_images)
-        except DataError as exc:
-            # The staging path means nothing to the user; name the source instead.
-            raise DataError(exc.problems, root=f"{category} from {source}") from None
+def _missing_hint(category: str) -> str:
+    return f"use the MVTec AD archive of this category ({category}.tar.xz) or the whole {WHOLE_ARCHIVE_NAME}"
 
 
 def fetch_mvtec_category(
@@ -225,21 +140,22 @@ def fetch_mvtec_category(
     """
     check_category_names([category])
     dest, cache_dir = Path(dest), Path(cache_dir)
-    if archive is not None:
+    if (archive is not None and is_whole_archive(archive)) or (archive is None and whole_archive):
+        path, source = obtain_archive(WHOLE_ARCHIVE, archive=archive, mirror=mirror, cache_dir=cache_dir, progress=progress)
+    elif archive is not None:
         path = Path(archive).expanduser()
         if not path.is_file():
             raise FetchError(f"{path}: archive not found (data.archive); check the path, or set data.archive to '' to download")
-        if is_whole_archive(path):
-            verify_whole_archive(path, cache_dir=cache_dir, progress=progress)
         source = str(path)
-    elif whole_archive:
-        source = whole_archive_url(mirror)
-        path = cache_dir / WHOLE_ARCHIVE_NAME
-        if not path.is_file():
-            _download(source, path, expected_sha256=WHOLE_ARCHIVE_SHA256, progress=progress)
-            write_json(_verified_marker(path, cache_dir), _stamp(path))  # just checked by download()
-        verify_whole_archive(path, cache_dir=cache_dir, progress=progress)
     else:
         source = category_url(category, mirror)
-        path = _download(source, cache_dir / f"{category}.tar.xz", expected_sha256=None, progress=progress)
-    _extract_category(path, category, dest, source, min_train_images)
+        path = download_with_advice(source, cache_dir / f"{category}.tar.xz", what=f"{category}.tar.xz", share="MVTec AD", progress=progress)
+    extract_category(
+        path,
+        category,
+        dest,
+        source=source,
+        to_layout=move_layout_folders,
+        min_train_images=min_train_images,
+        missing_hint=_missing_hint(category),
+    )

@@ -25,7 +25,10 @@ Written into ``--out`` (default ``predictions/<category>/``):
 * one heatmap overlay PNG per image, at the image's original size (a folder argument's
   sub-folders are kept, so ``test/crack/000.png`` and ``test/good/000.png`` do not collide);
 * ``predictions.jsonl``: one JSON object per image (``file``, ``score``, ``threshold``,
-  ``anomalous``, ``heatmap``), and one with an ``error`` for each file that could not be read.
+  ``anomalous``, ``heatmap``), and one with an ``error`` for each file that could not be read;
+* with ``--maps``, also each raw anomaly map at the image's original size as a float32 TIFF
+  (``<name>.tiff``, named in the JSONL as ``map``): what a benchmark server scores, e.g. MVTec
+  AD 2's private test splits, which have no ground truth and are never evaluated here.
 
 Unreadable files (empty, truncated, not an image) are reported on stderr and skipped. The exit
 status is 0 when at least one image was scored, 2 otherwise or on any error the user can fix.
@@ -59,7 +62,7 @@ from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import ScoreConfig, load_params, parse_params
 from anomaly_spotter.errors import ConfigError, DataError, UserError
 from anomaly_spotter.fileio import write_bytes, write_text
-from anomaly_spotter.images import IMAGE_SUFFIXES, encode_png, read_image, resize
+from anomaly_spotter.images import IMAGE_SUFFIXES, encode_float_tiff, encode_png, read_image, resize
 from anomaly_spotter.detectors import Detector, load_model
 from anomaly_spotter.runtime import select_device
 from anomaly_spotter.scoring import score_images
@@ -106,12 +109,14 @@ class Prediction:
     anomalous: bool | None = None
     heatmap: str | None = None
     error: str | None = None
+    map: str | None = None  # the float32 TIFF anomaly map, with --maps only
 
     def to_json(self) -> dict[str, Any]:
         """The ``predictions.jsonl`` object: the image's fields, or ``file`` and ``error``."""
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        return {"file": self.file, "score": self.score, "threshold": self.threshold, "anomalous": self.anomalous, "heatmap": self.heatmap}
+        row = {"file": self.file, "score": self.score, "threshold": self.threshold, "anomalous": self.anomalous, "heatmap": self.heatmap}
+        return row if self.map is None else {**row, "map": self.map}
 
 
 @dataclass(frozen=True)
@@ -299,8 +304,12 @@ def predict_images(
     *,
     batch_size: int | None = None,
     progress: bool | None = None,
+    maps: bool = False,
 ) -> list[Prediction]:
     """Score ``inputs`` in batches, write one heatmap PNG per image into ``out_dir``, return results.
+
+    With ``maps`` each anomaly map is also written at the image's original size as a float32
+    TIFF beside its heatmap.
 
     Results come in input order, one per input; unreadable files get a :class:`Prediction`
     with ``error`` set and a warning on stderr naming the file. ``batch_size`` defaults to
@@ -335,12 +344,16 @@ def predict_images(
                     item = batch[index]
                     heatmap = out_dir / f"{item.name}_heatmap.png"
                     write_bytes(heatmap, encode_png(heatmap_overlay(image, amap, vmin, vmax)))
+                    map_file = out_dir / f"{item.name}.tiff" if maps else None
+                    if map_file is not None:
+                        write_bytes(map_file, encode_float_tiff(resize_to(amap, image.shape[:2])))
                     slots[index] = Prediction(
                         file=item.path.as_posix(),
                         score=float(score),
                         threshold=detector.threshold,
                         anomalous=bool(score >= detector.threshold),
                         heatmap=heatmap.as_posix(),
+                        map=map_file.as_posix() if map_file is not None else None,
                     )
             results.extend(slot for slot in slots if slot is not None)
             bar.update(len(batch))
@@ -382,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rev", help="git revision or experiment name to take the model, thresholds and params from (default: the workspace)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: score.batch_size)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs (default: auto)")
+    parser.add_argument("--maps", action="store_true", help="also write each anomaly map at the image's size as a float32 TIFF")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -390,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out_dir = Path(args.out or f"predictions/{args.category}")
     inputs = collect_images(args.paths, exclude=out_dir)  # before loading the model: a typo fails fast
     detector = load_detector(args.category, rev=args.rev, params_path=args.params, device=args.device)
-    results = predict_images(detector, inputs, out_dir, batch_size=args.batch_size)
+    results = predict_images(detector, inputs, out_dir, batch_size=args.batch_size, maps=args.maps)
     results_path = out_dir / RESULTS_NAME
     write_predictions(results, results_path)
     print(format_table(results))

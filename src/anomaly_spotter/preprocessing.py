@@ -61,9 +61,15 @@ def preprocess_category(raw_dir: str | Path, out_dir: str | Path, config: Prepro
     validate_category(raw_dir, min_train_images=max(2, min_train_images))
     listing = list_category(raw_dir)
     size = config.image_size
-    train_idx, val_idx = split_validation(len(listing.train), config.val_fraction, config.seed)
-    train_paths = [listing.train[i] for i in train_idx]
-    val_paths = [listing.train[i] for i in val_idx]
+    if listing.validation:
+        # The dataset's own validation split: what its benchmark expects thresholds and model
+        # selection to use, and every training image still trains.
+        train_paths, val_paths, val_source = list(listing.train), list(listing.validation), "official"
+    else:
+        train_idx, val_idx = split_validation(len(listing.train), config.val_fraction, config.seed)
+        train_paths = [listing.train[i] for i in train_idx]
+        val_paths = [listing.train[i] for i in val_idx]
+        val_source = "holdout"
     test_paths = [item.path for item in listing.test]
 
     with staging_dir(out_dir) as staging:
@@ -95,6 +101,7 @@ def preprocess_category(raw_dir: str | Path, out_dir: str | Path, config: Prepro
                 "image_size": size,
                 "train": [p.relative_to(raw_dir).as_posix() for p in train_paths],
                 "val": [p.relative_to(raw_dir).as_posix() for p in val_paths],
+                "val_source": val_source,
                 "test": items,
             },
         )

@@ -4,7 +4,9 @@ A folder ``data/processed/<category>/``, written atomically as one unit by
 :mod:`anomaly_spotter.preprocessing`::
 
     train.npy        uint8 (N_train, S, S, 3)  training images (train/good minus the hold-out)
-    val.npy          uint8 (N_val, S, S, 3)    validation hold-out of train/good (normal only)
+    val.npy          uint8 (N_val, S, S, 3)    normal validation images: the dataset's official
+                                               validation/good split when it has one, else a
+                                               hold-out of train/good (index.json "val_source")
     test.npy         uint8 (N_test, S, S, 3)   test images
     test_masks.npy   uint8 (N_test, S, S)      ground truth at model resolution (0/1)
     index.json       file names per split, test labels, defect types, mask paths and original sizes
@@ -61,6 +63,7 @@ class ProcessedCategory:
     test_items: tuple[TestItem, ...]
     train_files: tuple[str, ...]
     val_files: tuple[str, ...]
+    val_source: str = "holdout"  # "official" (validation/good) or "holdout" (of train/good)
 
     @property
     def test_labels(self) -> np.ndarray:
@@ -98,4 +101,5 @@ def load_processed(folder: str | Path) -> ProcessedCategory:
         test_items=tuple(TestItem(**item) for item in index["test"]),
         train_files=tuple(index["train"]),
         val_files=tuple(index["val"]),
+        val_source=str(index.get("val_source", "holdout")),  # folders written before it existed are hold-outs
     )

@@ -61,7 +61,10 @@ FORMAT_VERSION = 2
 # whatever the batch it comes in. Every other field is recorded (a new one too, by default).
 _NOT_SCORE_SHAPING = frozenset({"batch_size"})
 # Where the thresholds stage takes its scores from (data.val): stated in every thresholds.json.
+# Keyed by the processed data's ``val_source`` (anomaly_spotter.processed).
 VALIDATION_SOURCE = "normal train/good images held out by preprocess (preprocess.val_fraction, preprocess.seed); never test images"
+OFFICIAL_VALIDATION_SOURCE = "the dataset's official normal validation split (validation/good), all of train/good trains; never test images"
+VALIDATION_SOURCES = {"holdout": VALIDATION_SOURCE, "official": OFFICIAL_VALIDATION_SOURCE}
 
 
 class ThresholdError(UserError, ValueError):
@@ -175,10 +178,13 @@ def score_record(config: ScoreConfig, model: ScoringModel) -> dict[str, Any]:
     return result
 
 
-def threshold_report(val_scores: np.ndarray | Iterable[float], settings: ThresholdSettings, score: Mapping[str, Any]) -> dict[str, Any]:
+def threshold_report(
+    val_scores: np.ndarray | Iterable[float], settings: ThresholdSettings, score: Mapping[str, Any], *, val_source: str = "holdout"
+) -> dict[str, Any]:
     """Everything the ``thresholds`` stage writes: the chosen threshold, all candidates, the
     :func:`score_record` ``score`` of the params that produced the scores, and where and what the
-    validation scores were (JSON-ready, plain Python types).
+    validation scores were (JSON-ready, plain Python types). ``val_source`` is the processed
+    data's (``holdout`` or ``official``, :data:`VALIDATION_SOURCES`).
 
     >>> from types import SimpleNamespace
     >>> cfg = SimpleNamespace(strategy="iqr_1.5", percentiles=(99.0,), std_k=3.0, iqr_k=1.5)
@@ -194,7 +200,7 @@ def threshold_report(val_scores: np.ndarray | Iterable[float], settings: Thresho
         "threshold": select_threshold(candidates, settings.strategy),
         "thresholds": candidates,
         "score": dict(score),
-        "validation": {"source": VALIDATION_SOURCE, "images": len(s)},
+        "validation": {"source": VALIDATION_SOURCES[val_source], "images": len(s)},
         "validation_scores": {
             "count": int(len(s)),
             "mean": float(s.mean()),
