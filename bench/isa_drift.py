@@ -35,8 +35,14 @@ Run (the README's table comes from this):
     python bench/isa_drift.py --kinds patchcore --runs native/fp32 avx512/fp32 avx2/fp32 default/fp32 \
         --out bench/results/isa_drift_patchcore.json
 
-A run takes 2 to 8 minutes on 2 cores (bfloat16 without native instructions and ``default``
+A run takes 2 to 30 minutes on 2 cores (float32 training on an AVX2-only CPU and ``default``
 are the slow ones).
+
+``--evaluate-only`` separates the two sources of drift: it takes the models this project
+already trained (``dvc repro`` first; they come from its DVC cache) and runs only thresholds,
+evaluate and report under each ISA cap, so any change comes from scoring, not training:
+    python bench/isa_drift.py --evaluate-only --runs native/fp32 default/fp32 \
+        --out bench/results/isa_drift_evaluate_only.json
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ import numpy as np
 import torch
 import yaml
 from sklearn.metrics import roc_auc_score
+
+from ablation import parse_set  # bench/ablation.py: --set key=value, parsed like `dvc exp run -S`
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -127,21 +135,6 @@ def write_params(clone: Path, override: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(path.read_text()), override), sort_keys=False))
 
 
-def parse_set(assignments: list[str]) -> dict[str, Any]:
-    """``["data.synthetic.test_good=96"]`` -> nested dict, values parsed as YAML (like ``dvc exp run -S``)."""
-    override: dict[str, Any] = {}
-    for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {assignment!r}: expected key=value")
-        node = override
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return override
-
-
 def subset_auroc(rows: list[dict[str, str]], good: int, per_defect: int) -> float:
     """Image AUROC on the first ``good`` normal and first ``per_defect`` images of each defect type.
 
@@ -195,6 +188,67 @@ def write_results(path: Path, commit: str, args: argparse.Namespace, results: li
     path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
+def evaluate_only(base: Path, categories: list[str], args: argparse.Namespace, subsets: list[tuple[int, int]], commit: str) -> list[dict[str, Any]]:
+    """Thresholds, evaluate and report of the committed models under each ISA cap of ``--runs``.
+
+    ``base`` is a clone of the project that shares its DVC cache, so ``dvc checkout`` restores
+    the trained models and processed data without training. The test split stays the committed
+    one (``--subsets`` larger than it are skipped).
+    """
+    subprocess.run([str(BIN / "dvc"), "cache", "dir", "--local", str(ROOT / ".dvc" / "cache")], cwd=base, env=tool_env("native"), check=True)
+    run([str(BIN / "dvc"), "checkout"], base, "native")
+    status = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=base, env=tool_env("native"), capture_output=True, text=True, check=True)
+    if json.loads(status.stdout or "{}"):
+        raise SystemExit(f"the committed pipeline is not up to date in {ROOT}'s cache (`dvc status` lists changes): run `dvc repro` and commit first")
+    params = yaml.safe_load((base / "params.yaml").read_text())
+    synthetic = params["data"]["synthetic"]
+    subsets = [(g, d) for g, d in subsets if g <= synthetic["test_good"] and d <= synthetic["test_defect_per_type"]]
+    stages = [f"{stage}@{c}" for c in categories for stage in ("thresholds", "evaluate")] + ["report"]
+    results: list[dict[str, Any]] = []
+    reference: dict[str, Any] | None = None
+    for spec in args.runs:
+        isa = spec.partition("/")[0]
+        if isa not in ISAS:
+            raise SystemExit(f"--runs {spec!r}: expected <{'|'.join(ISAS)}>/<amp|fp32>")
+        clone = base.parent / f"evaluate-{isa}"
+        shutil.copytree(base, clone, symlinks=True)
+        seconds = run([str(BIN / "dvc"), "repro", "--force", "--single-item", *stages], clone, isa)
+        row = {"kind": params["model"]["kind"], "isa": isa, "evaluate_only": True, "seconds": round(seconds),
+               "categories": collect(clone, categories, subsets)}
+        shutil.rmtree(clone)
+        if reference is not None:
+            row["against"] = {"reference": compare(row["categories"], reference["categories"])}
+        reference = reference or row
+        results.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "categories"}), flush=True)
+        if args.out:
+            write_results(Path(args.out), commit, args, results)
+    return results
+
+
+def compare_machines(first: Path, second: Path) -> None:
+    """Per category, how far the first run of each model kind moved between two results files.
+
+    Two machines' files of the same project commit and params are two CPUs training the same
+    experiment; this prints the table the README's "Reproducibility across machines" quotes.
+    """
+    a, b = (json.loads(path.read_text()) for path in (first, second))
+    print(f"# {first.name}: {a['cpu']} {' '.join(a.get('cpu_flags', []))}, project {a['commit']}")
+    print(f"# {second.name}: {b['cpu']} {' '.join(b.get('cpu_flags', []))}, project {b['commit']}")
+    for run_a in a["runs"]:
+        run_b = next((r for r in b["runs"] if r["kind"] == run_a["kind"]), None)
+        if run_b is None:
+            continue
+        print(f"\n{run_a['kind']}: {run_a['isa']}/{run_a['precision']} vs {run_b['isa']}/{run_b['precision']}")
+        print("| category | weights identical | " + " | ".join(f"{k} (change)" for k in METRICS)
+              + " | " + " | ".join(f"image AUROC {s} (change)" for s in run_a["categories"][next(iter(run_a["categories"]))]["subset_auroc"]) + " |")
+        for cat, ca in run_a["categories"].items():
+            cb = run_b["categories"][cat]
+            cells = [f"{cb[k]:.4f} ({cb[k] - ca[k]:+.4f})" for k in METRICS]
+            cells += [f"{cb['subset_auroc'][s]:.4f} ({cb['subset_auroc'][s] - ca['subset_auroc'][s]:+.4f})" for s in ca["subset_auroc"]]
+            print(f"| {cat} | {'yes' if ca['weights_sha256'] == cb['weights_sha256'] else 'no'} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
@@ -202,13 +256,21 @@ def main() -> None:
                         help=f"ISA level ({', '.join(ISAS)}) / amp (train.amp true) or fp32 (false); the first is the reference")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
     parser.add_argument("--subsets", nargs="+", default=["24/8", "48/16", "96/32"], help="test images per class: good/defect-per-type")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="score this project's trained models (its DVC cache) under each cap: no training; --kinds is ignored")
+    parser.add_argument("--compare", nargs=2, metavar="RESULTS.json",
+                        help="no runs: compare the first run of each kind in two results files (two machines) and exit")
     parser.add_argument("--out", help="JSON results")
     args = parser.parse_args()
+    if args.compare:
+        compare_machines(*(Path(f) for f in args.compare))
+        return
     subsets = [tuple(int(n) for n in s.split("/")) for s in args.subsets]
     override = parse_set(args.assignments)
     # The test split must hold the largest subset.
     big_good, big_defect = max(g for g, _ in subsets), max(d for _, d in subsets)
-    override.setdefault("data", {}).setdefault("synthetic", {}).update(test_good=big_good, test_defect_per_type=big_defect)
+    if not args.evaluate_only:  # evaluate-only scores the committed test split
+        override.setdefault("data", {}).setdefault("synthetic", {}).update(test_good=big_good, test_defect_per_type=big_defect)
 
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     print(f"# CPU {cpu_model()} ({' '.join(cpu_vector_flags())}), {os.cpu_count()} cores; project {commit}; --set {' '.join(args.assignments) or '(none)'}", flush=True)
@@ -216,8 +278,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(base)], check=True)
-        write_params(base, override)
+        if override:  # a rewrite drops params.yaml's comments; values are what DVC compares
+            write_params(base, override)
         categories = yaml.safe_load((base / "params.yaml").read_text())["data"]["categories"]
+        if args.evaluate_only:
+            results = evaluate_only(base, categories, args, subsets, commit)
+            if args.out:
+                print(f"wrote {args.out}")
+            return
         seconds = run([str(BIN / "dvc"), "repro", *(f"preprocess@{c}" for c in categories)], base, "native")
         print(f"# fetch + preprocess: {seconds:.0f} s", flush=True)
         for kind in args.kinds:

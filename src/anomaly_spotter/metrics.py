@@ -330,6 +330,25 @@ def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> floa
     return _midrank_sum(normal, defect) / (float(len(normal)) * len(defect))
 
 
+def _pro_inputs(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], fpr_limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """What :func:`au_pro` and :func:`pro_points` integrate: ``(defect, weights, normal, kth)``.
+
+    Defect scores with their region weights, and the defect-free scores partitioned so that
+    ``normal[kth]`` is the score of the step that crosses ``fpr_limit``: the c-th highest
+    (0-based c) with c / N < fpr_limit <= (c + 1) / N (epsilon guards float noise in L * N).
+    """
+    if not (0.0 < fpr_limit <= 1.0):
+        raise MetricError(f"fpr_limit must be in (0, 1]; got {fpr_limit!r}")
+    pairs = _pixel_pairs(masks, maps)
+    defect, weights = _defect_scores(pairs, region_weights=True)
+    assert weights is not None
+    normal = _normal_scores(pairs)
+    c = max(0, math.ceil(fpr_limit * len(normal) - 1e-9) - 1)
+    kth = len(normal) - 1 - c
+    normal.partition(kth)  # in place; the selection is O(N), unlike a full sort
+    return defect, weights, normal, kth
+
+
 def au_pro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, fpr_limit: float = 0.3) -> float:
     """Normalised area under the PRO curve up to ``fpr_limit``: MVTec AD's AU-PRO, exactly.
 
@@ -356,19 +375,8 @@ def au_pro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, fpr_limit
     >>> au_pro([mask], [amap], fpr_limit=1.0)
     0.0
     """
-    if not (0.0 < fpr_limit <= 1.0):
-        raise MetricError(f"fpr_limit must be in (0, 1]; got {fpr_limit!r}")
-    pairs = _pixel_pairs(masks, maps)
-    defect, weights = _defect_scores(pairs, region_weights=True)
-    assert weights is not None
-    normal = _normal_scores(pairs)
+    defect, weights, normal, kth = _pro_inputs(masks, maps, fpr_limit)
     n_normal = len(normal)
-
-    # The step that crosses fpr_limit is the one holding the c-th highest defect-free score
-    # (0-based c), where c / N < fpr_limit <= (c + 1) / N; epsilon guards float noise in L * N.
-    c = max(0, math.ceil(fpr_limit * n_normal - 1e-9) - 1)
-    kth = n_normal - 1 - c
-    normal.partition(kth)  # in place; the selection is O(N), unlike a full sort
     v_cross = normal[kth]
     above = normal[kth:]
     above = above[above > v_cross]  # defect-free scores of the fully covered steps (a copy)
@@ -439,19 +447,10 @@ def pro_points(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, fpr_l
     >>> pro_points([mask], [np.array([[0.9, 0.5, 0.1]], np.float32)], fpr_limit=0.5)
     {'fpr': [0.0, 0.0, 0.5], 'pro': [0.0, 1.0, 1.0]}
     """
-    if not (0.0 < fpr_limit <= 1.0):
-        raise MetricError(f"fpr_limit must be in (0, 1]; got {fpr_limit!r}")
     if max_points < 4:
         raise MetricError(f"max_points must be >= 4; got {max_points}")
-    pairs = _pixel_pairs(masks, maps)
-    defect, weights = _defect_scores(pairs, region_weights=True)
-    assert weights is not None
-    normal = _normal_scores(pairs)
+    defect, weights, normal, kth = _pro_inputs(masks, maps, fpr_limit)
     n_normal = len(normal)
-    # As in au_pro: the step crossing fpr_limit holds the c-th highest defect-free score.
-    c = max(0, math.ceil(fpr_limit * n_normal - 1e-9) - 1)
-    kth = n_normal - 1 - c
-    normal.partition(kth)
     top = normal[normal >= normal[kth]]  # ties of the crossing score may sit below kth too
     top.sort()  # ascending; its smallest value is the crossing score
     del normal
