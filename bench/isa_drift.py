@@ -136,13 +136,43 @@ def write_params(clone: Path, override: dict[str, Any]) -> None:
 
 
 def subset_auroc(rows: list[dict[str, str]], good: int, per_defect: int) -> float:
-    """Image AUROC on the first ``good`` normal and first ``per_defect`` images of each defect type.
+    """Image AUROC on :func:`subset_rows`."""
+    taken = subset_rows(rows, good, per_defect)
+    return float(roc_auc_score([int(r["label"]) for r in taken], [float(r["score"]) for r in taken]))
+
+
+def subset_rows(rows: list[dict[str, str]], good: int, per_defect: int) -> list[dict[str, str]]:
+    """The rows of the first ``good`` normal and first ``per_defect`` images of each defect type.
 
     The synthetic set seeds each image by its index, so these are exactly the images a smaller
     ``data.synthetic`` test split would hold.
     """
-    taken = [r for r in rows if int(Path(r["file"]).stem) < (good if r["defect_type"] == "good" else per_defect)]
-    return float(roc_auc_score([int(r["label"]) for r in taken], [float(r["score"]) for r in taken]))
+    return [r for r in rows if int(Path(r["file"]).stem) < (good if r["defect_type"] == "good" else per_defect)]
+
+
+def bootstrap_table(subsets: list[tuple[int, int]], draws: int = 2000) -> None:
+    """Sampling noise of image AUROC: its sd over ``draws`` resamplings (with replacement, per class) of each subset.
+
+    What a test split of that size leaves uncertain about one fixed model, read from the
+    committed evaluation (``evaluation/<category>/scores.csv``).
+    """
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    print(f"# image AUROC (bootstrap sd over {draws} resamplings); test images per class: good/defect-per-type")
+    print("| category | " + " | ".join(f"{g}/{d}" for g, d in subsets) + " |")
+    for cat in params["data"]["categories"]:
+        with open(ROOT / "evaluation" / cat / "scores.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        cells = []
+        for g, d in subsets:
+            taken = subset_rows(rows, g, d)
+            labels = np.array([int(r["label"]) for r in taken])
+            scores = np.array([float(r["score"]) for r in taken])
+            rng = np.random.default_rng(0)
+            normal, defect = scores[labels == 0], scores[labels == 1]
+            draws_auc = [roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(defect))],
+                                       np.r_[rng.choice(normal, len(normal)), rng.choice(defect, len(defect))]) for _ in range(draws)]
+            cells.append(f"{roc_auc_score(labels, scores):.4f} ({np.std(draws_auc):.4f})")
+        print(f"| {cat} | " + " | ".join(cells) + " |")
 
 
 def weights_sha256(model_path: Path) -> str:
@@ -260,8 +290,13 @@ def main() -> None:
                         help="score this project's trained models (its DVC cache) under each cap: no training; --kinds is ignored")
     parser.add_argument("--compare", nargs=2, metavar="RESULTS.json",
                         help="no runs: compare the first run of each kind in two results files (two machines) and exit")
+    parser.add_argument("--bootstrap", action="store_true",
+                        help="no runs: bootstrap sd of image AUROC on --subsets of this project's evaluation/<cat>/scores.csv, and exit")
     parser.add_argument("--out", help="JSON results")
     args = parser.parse_args()
+    if args.bootstrap:
+        bootstrap_table([tuple(int(n) for n in s.split("/")) for s in args.subsets])
+        return
     if args.compare:
         compare_machines(*(Path(f) for f in args.compare))
         return
