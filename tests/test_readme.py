@@ -18,7 +18,8 @@ def committed_summary() -> dict:
 
 def test_readme_results_table_is_the_committed_summary():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    expected = results_table(committed_summary(), load_params(REPO / "params.yaml").data.categories)
+    params = load_params(REPO / "params.yaml")
+    expected = results_table(committed_summary(), params.data.categories, fpr_limit=params.evaluate.pro_fpr_limit)
     block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert block == expected, "README's results table is stale: run `make readme` after `dvc repro`"
 

@@ -29,7 +29,7 @@ END = "<!-- /results-table -->"
 COLUMNS = (
     ("image_auroc", "image AUROC"),
     ("pixel_auroc", "pixel AUROC"),
-    ("au_pro", "AU-PRO (FPR ≤ 0.3)"),
+    ("au_pro", "AU-PRO (FPR ≤ {fpr_limit:g})"),  # evaluate.pro_fpr_limit
     ("f1", "F1 at the validation threshold"),
 )
 
@@ -38,9 +38,12 @@ def _cell(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
-def results_table(summary: dict[str, dict[str, float]], categories: Sequence[str]) -> str:
-    """Markdown table: one row per category (and the mean when there are several), headline metrics."""
-    header = "| built-in category | " + " | ".join(title for _, title in COLUMNS) + " | test images |"
+def results_table(summary: dict[str, dict[str, float]], categories: Sequence[str], *, fpr_limit: float = 0.3) -> str:
+    """Markdown table: one row per category (and the mean when there are several), headline metrics.
+
+    ``fpr_limit`` is the ``evaluate.pro_fpr_limit`` AU-PRO was integrated to (named in its column).
+    """
+    header = "| built-in category | " + " | ".join(title.format(fpr_limit=fpr_limit) for _, title in COLUMNS) + " | test images |"
     lines = [header, "|---" * (len(COLUMNS) + 2) + "|"]
     for category in categories:
         label = f"{category} ({SYNTHETIC_DESCRIPTIONS[category]})" if category in SYNTHETIC_DESCRIPTIONS else category
@@ -73,8 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     if not summary_path.is_file():
         raise SystemExit(f"{summary_path}: missing; run `dvc repro` (or `dvc pull`) first")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    categories = load_params(args.params).data.categories
-    write_text(readme, replace_block(readme.read_text(encoding="utf-8"), results_table(summary, categories), source=str(readme)))
+    params = load_params(args.params)
+    table = results_table(summary, params.data.categories, fpr_limit=params.evaluate.pro_fpr_limit)
+    write_text(readme, replace_block(readme.read_text(encoding="utf-8"), table, source=str(readme)))
     print(f"{readme}: results table rewritten from {summary_path}")
 
 
