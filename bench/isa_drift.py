@@ -29,11 +29,15 @@ Per run this prints, against the reference and against the native run of the sam
 * image AUROC on nested subsets of the test split (``--subsets``, images per class as
   ``good/defect-per-type``), to see how many test images keep the drift below 0.01.
 
-Run (the README's table comes from this):
-    python bench/isa_drift.py --kinds discriminative reconstruction --runs native/amp avx512/amp avx2/amp native/fp32 \
-        --out bench/results/isa_drift_gradient.json
-    python bench/isa_drift.py --kinds patchcore --runs native/fp32 avx512/fp32 avx2/fp32 default/fp32 \
-        --out bench/results/isa_drift_patchcore.json
+Run (how the committed results in ``bench/results/isa_drift_*.json`` were made):
+    # on each machine, the default kind trained natively; then the two files side by side
+    python bench/isa_drift.py --kinds discriminative --runs native/amp --out bench/results/isa_drift_<machine>.json
+    python bench/isa_drift.py --compare bench/results/isa_drift_avx512_bf16_machine.json bench/results/isa_drift_avx2_machine.json
+    # on one machine: patchcore under two caps, and the test split's sampling noise
+    python bench/isa_drift.py --kinds patchcore --runs native/fp32 default/fp32 --out bench/results/isa_drift_patchcore.json
+    python bench/isa_drift.py --bootstrap
+The full matrix (``--kinds`` all, ``--runs native/amp avx512/amp avx2/amp native/fp32
+default/fp32``) takes hours on 2 cores.
 
 A run takes 2 to 30 minutes on 2 cores (float32 training on an AVX2-only CPU and ``default``
 are the slow ones).
