@@ -26,15 +26,15 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $@
 
-.dvc/tmp/plots_template.html: node_modules/.installed $(VENV)/.installed src/anomaly_spotter/plots_template.py
-	$(BIN)/python -m anomaly_spotter.plots_template --node-modules node_modules --out $@
+.dvc/tmp/plots_template.html: node_modules/.installed $(VENV)/.installed src/anomaly_spotter/evaluation/plots_template.py
+	$(BIN)/python -m anomaly_spotter.evaluation.plots_template --node-modules node_modules --out $@
 
 repro: setup
 	dvc repro
 
 # The README's results table, rewritten from metrics/summary.json (tests/test_readme.py checks it).
 readme: setup
-	python -m anomaly_spotter.readme_table
+	python -m anomaly_spotter.evaluation.readme_table
 
 # docs/plots.png: the plots page of the committed outputs (run after `make repro`), drawn by
 # headless Chromium offline, as tests/test_plots_page.py draws it.

@@ -5,7 +5,7 @@ the variant's overrides (plus any ``--set``) on top, then prints one row per var
 category:
 
 * ``val synth AUROC`` – image AUROC of the normal *validation* images against copies carrying
-  synthetic anomalies (:func:`anomaly_spotter.yardstick.synthetic_validation_metrics`): the
+  synthetic anomalies (:func:`anomaly_spotter.training.yardstick.synthetic_validation_metrics`): the
   number to choose settings by, because it never looks at the test split;
 * image AUROC, pixel AUROC and AU-PRO (FPR <= 0.3) on the test split, as ``evaluate`` computes
   them (pixel metrics at each image's original resolution): the numbers to report;
@@ -48,14 +48,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from anomaly_spotter.config import deep_merge, parse_params, resolve_map_kind  # noqa: E402
-from anomaly_spotter import metrics  # noqa: E402
-from anomaly_spotter.evaluation import pixel_inputs  # noqa: E402
-from anomaly_spotter.yardstick import synthetic_validation_metrics  # noqa: E402
-from anomaly_spotter.fetch import fetch_category  # noqa: E402
+from anomaly_spotter.config import deep_merge, parse_params  # noqa: E402
+from anomaly_spotter.detectors import DETECTORS  # noqa: E402
+from anomaly_spotter.evaluation import metrics  # noqa: E402
+from anomaly_spotter.evaluation.evaluate import pixel_inputs  # noqa: E402
+from anomaly_spotter.training.yardstick import synthetic_validation_metrics  # noqa: E402
+from anomaly_spotter.sources.fetch import fetch_category  # noqa: E402
 from anomaly_spotter.detectors import load_model  # noqa: E402
-from anomaly_spotter.preprocessing import preprocess_category
-from anomaly_spotter.processed import load_processed  # noqa: E402
+from anomaly_spotter.dataset.preprocessing import preprocess_category
+from anomaly_spotter.dataset.processed import load_processed  # noqa: E402
 from anomaly_spotter.scoring import score_images  # noqa: E402
 from anomaly_spotter.training import train_category  # noqa: E402
 
@@ -118,7 +119,7 @@ def run_variant(name: str, raw_params: dict[str, Any], category: str, raw_dir: P
     return {
         "variant": name,
         "category": category,
-        "map": resolve_map_kind(params.model.kind, params.score.map),
+        "map": DETECTORS[params.model.kind].map_kind(params.score.map),
         **val,
         "image_auroc": metrics.image_auroc(data.test_labels, scored.scores),
         "pixel_auroc": metrics.pixel_auroc(masks, maps),

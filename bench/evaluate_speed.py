@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from anomaly_spotter import metrics  # noqa: E402
+from anomaly_spotter.evaluation import metrics  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -65,11 +65,11 @@ def bench_metrics(count: int, side: int) -> None:
 
 def bench_category(category: str) -> None:
     from anomaly_spotter.config import load_params
-    from anomaly_spotter.evaluation import compute_metrics, pixel_inputs
-    from anomaly_spotter.processed import load_processed
+    from anomaly_spotter.evaluation.evaluate import compute_metrics, pixel_inputs
+    from anomaly_spotter.dataset.processed import load_processed
     from anomaly_spotter.scoring import score_images
     from anomaly_spotter.detectors import load_model
-    from anomaly_spotter.thresholds import read_thresholds, score_record
+    from anomaly_spotter.evaluation.thresholds import read_thresholds, score_record
 
     params = load_params(ROOT / "params.yaml", category)
     data = load_processed(ROOT / "data" / "processed" / category)

@@ -35,11 +35,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from anomaly_spotter.config import PreprocessConfig, ScoreConfig, parse_params  # noqa: E402
-from anomaly_spotter.data import to_tensor  # noqa: E402
-from anomaly_spotter.detectors.base import FitRun  # noqa: E402
-from anomaly_spotter.detectors.patchcore import PatchCore, coreset_size, sparse_projection  # noqa: E402
-from anomaly_spotter.preprocessing import preprocess_category  # noqa: E402
-from anomaly_spotter.processed import ProcessedCategory, load_processed, save_npy  # noqa: E402
+from anomaly_spotter.tensors import to_tensor  # noqa: E402
+from anomaly_spotter.training.memory_bank import fit_memory_bank  # noqa: E402
+from anomaly_spotter.training.run import FitRun  # noqa: E402
+from anomaly_spotter.detectors.coreset import coreset_size, sparse_projection  # noqa: E402
+from anomaly_spotter.detectors.patchcore import PatchCore  # noqa: E402
+from anomaly_spotter.dataset.preprocessing import preprocess_category  # noqa: E402
+from anomaly_spotter.dataset.processed import ProcessedCategory, load_processed, save_npy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO.parent / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
@@ -99,7 +101,7 @@ def fit(data: ProcessedCategory, backbone: str, threads: int) -> dict:
     )
     with tempfile.TemporaryDirectory() as tmp:
         run = FitRun(model_path=Path(tmp) / "model.pt", checkpoint_dir=Path(tmp) / "c", log_dir=Path(tmp) / "logs", progress=False)
-        result = PatchCore.fit(data, params, run)
+        result = fit_memory_bank(PatchCore, data, params, run)
         payload = torch.load(run.model_path, weights_only=True)
     detector = PatchCore.from_architecture(payload["architecture"])
     detector.load_state_dict(payload["state_dict"])

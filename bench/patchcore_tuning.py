@@ -1,7 +1,7 @@
 """PatchCore quality study on real data: which backbone, levels, size and coreset to default to.
 
 Preprocesses ``../shared/datasets/magnetic_tile/magnetic_tile`` (MVTec AD layout, see
-``../shared/datasets/README.md``) with :func:`anomaly_spotter.preprocessing.preprocess_category`
+``../shared/datasets/README.md``) with :func:`anomaly_spotter.dataset.preprocessing.preprocess_category`
 into ``.cache/bench/magnetic_tile_<size>`` (skipped when that folder exists), then for each
 variant fits :class:`~anomaly_spotter.detectors.patchcore.PatchCore` through its real ``fit``
 (``model.pt`` + DVCLive in a temporary folder), reloads it from ``model.pt`` the way the later
@@ -36,16 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from anomaly_spotter import metrics  # noqa: E402
-from anomaly_spotter.anomaly_map import resize_to  # noqa: E402
+from anomaly_spotter.evaluation import metrics  # noqa: E402
+from anomaly_spotter.detectors.anomaly_map import resize_to  # noqa: E402
 from anomaly_spotter.config import PreprocessConfig, ScoreConfig, parse_params  # noqa: E402
-from anomaly_spotter.data import to_tensor  # noqa: E402
+from anomaly_spotter.tensors import to_tensor  # noqa: E402
 from anomaly_spotter.detectors import patchcore as patchcore_module  # noqa: E402
-from anomaly_spotter.detectors.base import FitRun  # noqa: E402
+from anomaly_spotter.training.memory_bank import fit_memory_bank  # noqa: E402
+from anomaly_spotter.training.run import FitRun  # noqa: E402
 from anomaly_spotter.detectors.patchcore import PatchCore  # noqa: E402
-from anomaly_spotter.images import read_mask  # noqa: E402
-from anomaly_spotter.preprocessing import preprocess_category  # noqa: E402
-from anomaly_spotter.processed import ProcessedCategory, load_processed  # noqa: E402
+from anomaly_spotter.dataset.images import read_mask  # noqa: E402
+from anomaly_spotter.dataset.preprocessing import preprocess_category  # noqa: E402
+from anomaly_spotter.dataset.processed import ProcessedCategory, load_processed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO.parent / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
@@ -54,7 +55,7 @@ OUT = REPO / "bench" / "results" / "patchcore_magnetic_tile.json"
 SIGMAS = (4.0, 8.0)  # score.smoothing_sigma values compared (px at model resolution)
 NEIGHBOURS = 9  # the paper's b, compared with 0 (plain score)
 
-BASE: dict[str, Any] = {"size": 256, "backbone": "efficientnet_lite0", "layers": (2, 3), "coreset_ratio": 0.01, "neighbourhood": 3, "seed": 0}
+BASE: dict[str, Any] = {"size": 256, "backbone": "efficientnet_lite0", "layers": (2, 3), "coreset_ratio": 0.01, "patch_window": 3, "seed": 0}
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "seed1": {"seed": 1},
@@ -67,7 +68,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lite2_320px": {"backbone": "efficientnet_lite2", "size": 320},
     "lite2_320px_2%": {"backbone": "efficientnet_lite2", "size": 320, "coreset_ratio": 0.02},
     "border_excluded": {"count_border_zeros": False},
-    "nbhd5": {"neighbourhood": 5},
+    "nbhd5": {"patch_window": 5},
     "L3": {"layers": (3,)},
     "L34": {"layers": (3, 4)},
     "L234": {"layers": (2, 3, 4)},
@@ -109,7 +110,7 @@ def evaluate(name: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
                 "backbone": spec["backbone"],
                 "layers": list(spec["layers"]),
                 "coreset_ratio": spec["coreset_ratio"],
-                "neighbourhood": spec["neighbourhood"],
+                "patch_window": spec["patch_window"],
                 "num_neighbours": NEIGHBOURS,
             },
             "preprocess": {"image_size": size},
@@ -120,7 +121,7 @@ def evaluate(name: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
     patchcore_module.COUNT_BORDER_ZEROS = spec.get("count_border_zeros", True)
     with tempfile.TemporaryDirectory() as tmp:
         run = FitRun(model_path=Path(tmp) / "model.pt", checkpoint_dir=Path(tmp) / "checkpoints", log_dir=Path(tmp) / "logs", progress=False)
-        result = PatchCore.fit(data, params, run)
+        result = fit_memory_bank(PatchCore, data, params, run)
         saved = torch.load(run.model_path, map_location="cpu", weights_only=True)
     detector = PatchCore.from_architecture(saved["architecture"])
     detector.load_state_dict(saved["state_dict"])

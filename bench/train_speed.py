@@ -31,10 +31,10 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from anomaly_spotter.config import load_params  # noqa: E402
 from anomaly_spotter.detectors import build_detector, detector_class  # noqa: E402
-from anomaly_spotter.preprocessing import preprocess_category  # noqa: E402
-from anomaly_spotter.processed import load_processed  # noqa: E402
+from anomaly_spotter.dataset.preprocessing import preprocess_category  # noqa: E402
+from anomaly_spotter.dataset.processed import load_processed  # noqa: E402
 from anomaly_spotter.runtime import autocast_dtype, seed_everything  # noqa: E402
-from anomaly_spotter.synthetic_dataset import generate_category  # noqa: E402
+from anomaly_spotter.sources.synthetic import generate_category  # noqa: E402
 from anomaly_spotter.training.loop import Trainer  # noqa: E402
 from anomaly_spotter.training.optim import make_optimizer  # noqa: E402
 

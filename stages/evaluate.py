@@ -6,9 +6,10 @@ from pathlib import Path
 
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
-from anomaly_spotter.evaluation import evaluate_category
-from anomaly_spotter.processed import load_processed
-from anomaly_spotter.thresholds import read_thresholds
+from anomaly_spotter.detectors import check_params
+from anomaly_spotter.evaluation.evaluate import evaluate_category
+from anomaly_spotter.dataset.processed import load_processed
+from anomaly_spotter.evaluation.thresholds import read_thresholds
 from anomaly_spotter.detectors import load_model
 
 
@@ -22,7 +23,7 @@ def main(argv=None):
     parser.add_argument("--plots", required=True, help="plots folder to write")
     parser.add_argument("--results", required=True, help="per-image results folder to write")
     args = parser.parse_args(argv)
-    params = load_params(args.params, args.category)
+    params = check_params(load_params(args.params, args.category))
     model, _ = load_model(args.model)
     thresholds = read_thresholds(args.thresholds, category=args.category)
     results = evaluate_category(

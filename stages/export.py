@@ -4,7 +4,8 @@ import _bootstrap  # noqa: F401  (workspace src/ first)
 
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
-from anomaly_spotter.export import export_category
+from anomaly_spotter.detectors import check_params
+from anomaly_spotter.deploy.export import export_category
 
 
 def main(argv=None):
@@ -14,7 +15,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="model.onnx to write")
     parser.add_argument("--metrics", required=True, help="export metrics JSON to write")
     args = parser.parse_args(argv)
-    params = load_params(args.params, args.category)
+    params = check_params(load_params(args.params, args.category))
     metrics = export_category(args.model, args.data, args.out, args.metrics, params.score)
     print(
         f"{args.category}: wrote {args.out} (opset {metrics['opset']}, dynamic batch); "

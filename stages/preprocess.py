@@ -4,7 +4,7 @@ import _bootstrap  # noqa: F401  (workspace src/ first)
 
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
-from anomaly_spotter.preprocessing import preprocess_category
+from anomaly_spotter.dataset.preprocessing import preprocess_category
 
 
 def main(argv=None):

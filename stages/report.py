@@ -6,7 +6,7 @@ from pathlib import Path
 
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
-from anomaly_spotter.report import key_params, write_report
+from anomaly_spotter.evaluation.report import key_params, write_report
 
 
 def main(argv=None):

@@ -4,10 +4,11 @@ import _bootstrap  # noqa: F401  (workspace src/ first)
 
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
+from anomaly_spotter.detectors import check_params
 from anomaly_spotter.fileio import write_json
-from anomaly_spotter.processed import load_processed
+from anomaly_spotter.dataset.processed import load_processed
 from anomaly_spotter.scoring import score_images
-from anomaly_spotter.thresholds import score_record, threshold_report
+from anomaly_spotter.evaluation.thresholds import score_record, threshold_report
 from anomaly_spotter.detectors import load_model
 
 
@@ -17,7 +18,7 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="trained model.pt")
     parser.add_argument("--out", required=True, help="thresholds.json to write")
     args = parser.parse_args(argv)
-    params = load_params(args.params, args.category)
+    params = check_params(load_params(args.params, args.category))
     model, _ = load_model(args.model)
     data = load_processed(args.data)
     validation = score_images(model, data.val, params.score)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import load_params
-from anomaly_spotter.distributed import launched_by_torchrun, relaunch
-from anomaly_spotter.processed import load_processed
+from anomaly_spotter.training.distributed import launched_by_torchrun, relaunch
+from anomaly_spotter.dataset.processed import load_processed
 from anomaly_spotter.training import train_category
 
 

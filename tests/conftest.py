@@ -22,7 +22,7 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 TINY_PARAMS = {
     "data": {
         "categories": ["weave", "washer"],
-        "synthetic": {"image_size": 48, "train_good": 10, "test_good": 4, "test_defect_per_type": 2},
+        "synthetic": {"side": 48, "train_good": 10, "test_good": 4, "test_defect_per_type": 2},
     },
     "preprocess": {"image_size": 32, "val_fraction": 0.2},
     "model": {"base_channels": 4, "bottleneck_channels": 16},
@@ -93,8 +93,8 @@ def make_project(dest: Path, params_override: dict | None = None) -> Path:
 def make_processed(root: Path, raw_params: dict, category: str = "weave") -> Path:
     """Generate a synthetic category under ``root/raw`` and preprocess it into ``root/processed``."""
     from anomaly_spotter.config import parse_params
-    from anomaly_spotter.preprocessing import preprocess_category
-    from anomaly_spotter.synthetic_dataset import generate_category
+    from anomaly_spotter.dataset.preprocessing import preprocess_category
+    from anomaly_spotter.sources.synthetic import generate_category
 
     params = parse_params(raw_params)
     generate_category(category, root / "raw", params.data.synthetic)
@@ -105,7 +105,7 @@ def make_processed(root: Path, raw_params: dict, category: str = "weave") -> Pat
 def validation_thresholds(model, data, params):
     """What the thresholds stage computes (its report parsed back into a ``Thresholds``), in memory."""
     from anomaly_spotter.scoring import score_images
-    from anomaly_spotter.thresholds import parse_thresholds, score_record, threshold_report
+    from anomaly_spotter.evaluation.thresholds import parse_thresholds, score_record, threshold_report
 
     report = threshold_report(score_images(model, data.val, params.score).scores, params.thresholds, score_record(params.score, model))
     return parse_thresholds(report, "thresholds (in memory)")

@@ -56,7 +56,7 @@ def imported_names(path: Path) -> set[str]:
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
             names.add(base)
-            # ``from anomaly_spotter import metrics`` imports a module, not a name.
+            # ``from anomaly_spotter.evaluation import metrics`` imports a module, not a name.
             names.update(f"{base}.{alias.name}" for alias in node.names if module_file(f"{base}.{alias.name}") is not None)
         for child in ast.iter_child_nodes(node):
             visit(child)

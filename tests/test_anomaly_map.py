@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_spotter.anomaly_map import MAP_KINDS, anomaly_map, gaussian_kernel_size, image_scores, resize_to, topk_count
+from anomaly_spotter.detectors.anomaly_map import RECONSTRUCTION_MAPS, anomaly_map, gaussian_kernel_size, image_scores, resize_to, topk_count
 
 
 def images(n: int = 2, size: int = 24, seed: int = 0) -> torch.Tensor:
@@ -16,7 +16,7 @@ def images(n: int = 2, size: int = 24, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False) * 2 - 1
 
 
-@pytest.mark.parametrize("kind", MAP_KINDS)
+@pytest.mark.parametrize("kind", RECONSTRUCTION_MAPS)
 @pytest.mark.parametrize("sigma", [0.0, 1.5])
 def test_identical_images_give_zero_map(kind: str, sigma: float) -> None:
     x = images()
@@ -25,7 +25,7 @@ def test_identical_images_give_zero_map(kind: str, sigma: float) -> None:
     assert float(maps.abs().max()) < 1e-4
 
 
-@pytest.mark.parametrize("kind", MAP_KINDS)
+@pytest.mark.parametrize("kind", RECONSTRUCTION_MAPS)
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
 def test_local_perturbation_peaks_inside_the_perturbed_area(kind: str, sigma: float) -> None:
     x = images(n=1, size=32)

@@ -1,5 +1,6 @@
-"""The shape of the package: no import loops, inference without the training stack, DVC deps
-equal to what each stage imports, one registry of detector kinds, and a new kind in one module."""
+"""The shape of the package: one folder per concern with imports running one way (no loops, no
+arrow back up), inference without the training stack, DVC deps equal to what each stage imports,
+one registry of detector kinds whose classes declare their own facts, and a new kind in one module."""
 
 from __future__ import annotations
 
@@ -14,24 +15,74 @@ import torch
 import yaml
 
 from anomaly_spotter import config
-from anomaly_spotter.detectors import DETECTORS, load_model
-from anomaly_spotter.detectors.base import Detector, FitResult, FitRun, save_model_file
-from import_graph import ROOT, SRC, closure, edges, find_cycle, module_file, package_modules
+from anomaly_spotter.detectors import DETECTORS, check_params, load_model, param_problems
+from anomaly_spotter.detectors.base import Detector
+from anomaly_spotter.training import FitRun, fit_detector
+from import_graph import ROOT, SRC, closure, edges, find_cycle, module_file, module_name, package_modules
 
 STAGES = ("fetch", "preprocess", "train", "thresholds", "evaluate", "export", "report")
-INFERENCE = ("anomaly_spotter.scoring", "anomaly_spotter.thresholds", "anomaly_spotter.evaluation", "anomaly_spotter.export", "anomaly_spotter.predict")
+INFERENCE = ("anomaly_spotter.scoring", "anomaly_spotter.evaluation.thresholds", "anomaly_spotter.evaluation.evaluate", "anomaly_spotter.deploy.export", "anomaly_spotter.deploy.predict")
 
 
 def test_no_import_loops():
     assert find_cycle() is None
 
 
-def test_the_graph_sees_deferred_imports_and_skips_type_checking_ones():
+def test_the_graph_sees_deferred_imports_and_skips_type_checking_ones(tmp_path):
     """The walker itself: a function-level import is an edge, an ``if TYPE_CHECKING:`` one is not."""
-    fetch = edges(module_file("anomaly_spotter.fetch"))
-    assert module_file("anomaly_spotter.mvtec") in fetch  # imported inside fetch_category
-    synthetic = edges(module_file("anomaly_spotter.synthetic_dataset"))
-    assert module_file("anomaly_spotter.config") not in synthetic  # annotation-only import
+    module = tmp_path / "walked.py"
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from anomaly_spotter.config import Params\n"
+        "def later():\n    from anomaly_spotter.dataset import layout\n"
+    )
+    found = edges(module)
+    assert module_file("anomaly_spotter.dataset.layout") in found  # deferred: an edge
+    assert module_file("anomaly_spotter.config") not in found  # annotation-only: none
+
+
+# Imports run one way: a module imports only from its own room or from rooms of a lower rank.
+# The top-level shared modules come first; scoring sits above the detectors it runs.
+LAYERS: dict[str, int] = {
+    "__init__": 0, "errors": 0, "fileio": 0, "tensors": 0, "runtime": 0, "cli": 0,
+    "config": 1,
+    "dataset": 2,
+    "sources": 3,
+    "detectors": 4,
+    "scoring": 5,
+    "evaluation": 6,
+    "training": 7,
+    "deploy": 8,
+}
+TOP_LEVEL_LIMIT = 8  # modules directly in src/anomaly_spotter/
+
+
+def _room(path):
+    return path.relative_to(SRC / "anomaly_spotter").parts[0].removesuffix(".py")
+
+
+def test_every_module_lives_in_a_known_room_and_the_top_level_stays_small():
+    rooms = {_room(p) for p in package_modules()}
+    assert rooms == set(LAYERS)
+    top = [p.name for p in (SRC / "anomaly_spotter").glob("*.py")]
+    assert len(top) <= TOP_LEVEL_LIMIT, sorted(top)
+
+
+def test_no_import_arrow_runs_back_up():
+    back_up = []
+    for path in package_modules():
+        for target in edges(path):
+            source_rank, target_rank = LAYERS[_room(path)], LAYERS[_room(target)]
+            # rank 0 is one room spread over several files (the shared modules import each other)
+            if target_rank > source_rank or (target_rank == source_rank != 0 and _room(target) != _room(path)):
+                back_up.append(f"{module_name(path)} -> {module_name(target)}")
+    assert back_up == []
+
+
+def test_each_room_says_what_lives_there_and_what_it_may_import():
+    for room in ("sources", "dataset", "detectors", "training", "evaluation", "deploy"):
+        doc = (SRC / "anomaly_spotter" / room / "__init__.py").read_text(encoding="utf-8")
+        assert "What lives here" in doc and "may import" in doc, room
 
 
 @pytest.mark.parametrize("module", INFERENCE)
@@ -79,15 +130,25 @@ def test_every_stage_has_a_script_of_its_name():
         assert spec.get("do", spec)["cmd"].startswith(f"python stages/{name}.py "), name
 
 
-def test_the_registry_and_config_list_the_same_kinds():
-    assert tuple(DETECTORS) == config.MODEL_KINDS
+def test_each_registered_class_declares_its_kind_and_map_kinds():
     for kind, cls in DETECTORS.items():
-        assert cls.kind == kind and config.MAP_KINDS[kind]
+        assert cls.kind == kind and cls.map_kinds and cls.map_kind("auto") == cls.map_kinds[0]
+    assert config.ModelConfig().kind in DETECTORS
+
+
+def test_the_registry_checks_what_each_class_declares():
+    assert param_problems(config.parse_params({})) == []
+    problems = param_problems(config.parse_params({"model": {"kind": "patchcor"}}))
+    assert problems == ["model.kind: 'patchcor' is not one of reconstruction, discriminative, patchcore (did you mean 'patchcore'?)"]
+    problems = param_problems(config.parse_params({"model": {"kind": "patchcore", "patch_window": 4, "layers": [5]}, "score": {"map": "ssim"}}))
+    assert [p.split(":")[0] for p in problems] == ["score.map is 'ssim' but model.kind patchcore scores with auto, distance", "model.patch_window", "model.layers"]
+    with pytest.raises(config.ConfigError, match="anomalies.probability"):
+        check_params(config.parse_params({"anomalies": {"probability": 0.0}}))
 
 
 def test_each_module_is_imported_by_something_or_is_an_entry_point():
     """No orphans: every module is reachable from a stage, an entry point (predict, yardstick, plot template, README table) or a package __init__."""
-    roots = [ROOT / "stages" / f"{s}.py" for s in STAGES] + [module_file(m) for m in ("anomaly_spotter.predict", "anomaly_spotter.yardstick", "anomaly_spotter.plots_template", "anomaly_spotter.readme_table")]
+    roots = [ROOT / "stages" / f"{s}.py" for s in STAGES] + [module_file(m) for m in ("anomaly_spotter.deploy.predict", "anomaly_spotter.training.yardstick", "anomaly_spotter.evaluation.plots_template", "anomaly_spotter.evaluation.readme_table")]
     reached = set().union(*(closure(r) for r in roots))
     assert [str(p.relative_to(SRC)) for p in package_modules() if p not in reached] == []
 
@@ -102,6 +163,7 @@ class MeanIntensityDetector(Detector):
     """
 
     kind = "mean_intensity"
+    map_kinds = ("intensity",)
 
     def __init__(self, image_size: int) -> None:
         super().__init__()
@@ -122,12 +184,6 @@ class MeanIntensityDetector(Detector):
     def architecture(self) -> dict[str, Any]:
         return {"kind": self.kind, "image_size": self.image_size}
 
-    @classmethod
-    def fit(cls, data: Any, params: Any, run: FitRun) -> FitResult:
-        detector = cls.from_params(params)
-        save_model_file(run.model_path, detector.state_dict(), detector.architecture())
-        return FitResult(True, "nothing to learn")
-
     def anomaly_maps(self, images: torch.Tensor, output: torch.Tensor, score: config.ScoreConfig) -> torch.Tensor:
         return output.float()
 
@@ -135,21 +191,20 @@ class MeanIntensityDetector(Detector):
 @pytest.fixture
 def mean_intensity_kind(monkeypatch):
     monkeypatch.setitem(DETECTORS, MeanIntensityDetector.kind, MeanIntensityDetector)
-    monkeypatch.setitem(config.MAP_KINDS, MeanIntensityDetector.kind, ("intensity",))
     return MeanIntensityDetector
 
 
 def test_a_new_kind_runs_through_fit_thresholds_evaluate_and_export(mean_intensity_kind, tmp_path):
-    from anomaly_spotter.evaluation import evaluate_category
-    from anomaly_spotter.export import export_category
-    from anomaly_spotter.processed import load_processed
+    from anomaly_spotter.evaluation.evaluate import evaluate_category
+    from anomaly_spotter.deploy.export import export_category
+    from anomaly_spotter.dataset.processed import load_processed
     from conftest import TINY_PARAMS, make_processed, validation_thresholds
 
     params = config.parse_params(TINY_PARAMS)
     root = make_processed(tmp_path, TINY_PARAMS)
     data = load_processed(root)
     model_path = tmp_path / "model.pt"
-    assert mean_intensity_kind.fit(data, params, FitRun(model_path, tmp_path / "ck", tmp_path / "logs")).written
+    assert fit_detector(mean_intensity_kind, data, params, FitRun(model_path, tmp_path / "ck", tmp_path / "logs")).written  # saved as built
     model, _ = load_model(model_path)
     assert isinstance(model, MeanIntensityDetector)
 
@@ -159,7 +214,7 @@ def test_a_new_kind_runs_through_fit_thresholds_evaluate_and_export(mean_intensi
         metrics_path=tmp_path / "metrics.json", plots_dir=tmp_path / "plots", results_dir=tmp_path / "results",
     )
     # The map is the mean intensity: the metrics computed by hand from the same numbers must agree.
-    from anomaly_spotter import metrics as m
+    from anomaly_spotter.evaluation import metrics as m
 
     intensity = (data.test.astype(np.float64).mean(axis=-1) / 255.0)  # (N, S, S), what the map is up to float32
     scores = np.array([np.sort(s.ravel())[-max(1, int(np.ceil(s.size * params.score.topk_percent / 100))):].mean() for s in intensity])

@@ -46,7 +46,7 @@ def test_errors_name_the_key(raw, message):
 
 def test_all_problems_reported_at_once():
     with pytest.raises(ConfigError) as info:
-        parse_params({"train": {"epochs": 0, "lr": -1, "optimizer": "x"}, "score": {"map": "l3"}})
+        parse_params({"train": {"epochs": 0, "lr": -1, "optimizer": "x"}, "score": {"ssim_window": 1}})
     assert len(info.value.problems) == 4
 
 
@@ -85,7 +85,7 @@ def test_params_yaml_states_exactly_the_dataclass_defaults():
 
 def test_a_percentile_of_100_is_one_rule_everywhere():
     """config and thresholds share check_percentile: the largest normal score is a valid threshold."""
-    from anomaly_spotter.thresholds import compute_thresholds
+    from anomaly_spotter.evaluation.thresholds import compute_thresholds
 
     assert parse_params({"thresholds": {"percentiles": [100.0], "strategy": "percentile_100"}}).thresholds.percentiles == (100.0,)
     assert compute_thresholds([1.0, 2.0, 3.0], percentiles=(100.0,))["percentile_100"] == 3.0

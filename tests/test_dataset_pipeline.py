@@ -15,8 +15,8 @@ from conftest import dvc, make_project
 from conftest_data import running_server
 from native_datasets import CATEGORY, build_archive
 
-from anomaly_spotter.fetch import archive_dataset
-from anomaly_spotter.thresholds import OFFICIAL_VALIDATION_SOURCE, VALIDATION_SOURCE
+from anomaly_spotter.sources.fetch import ARCHIVE_DATASETS
+from anomaly_spotter.evaluation.thresholds import OFFICIAL_VALIDATION_SOURCE, VALIDATION_SOURCE
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def test_source_runs_through_the_whole_pipeline(source, tmp_path, monkeypatch):
     import hashlib
 
     monkeypatch.setenv("no_proxy", "*")  # a proxy set in the environment must not intercept 127.0.0.1
-    spec = archive_dataset(source).archive
+    spec = ARCHIVE_DATASETS[source].archive
     archive = build_archive(source, tmp_path, spec.name)
     category = CATEGORY[source][0]
     with running_server() as server:

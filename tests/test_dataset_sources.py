@@ -19,13 +19,13 @@ import pytest
 from conftest_data import make_tar, running_server, tree_bytes
 from native_datasets import CATEGORY, TEST_BAD, TEST_GOOD, TRAIN, VALIDATION, build_archive, build_tree, write_visa_csv
 
-from anomaly_spotter import archives
-from anomaly_spotter.archives import fetch_dataset_category
+from anomaly_spotter.sources import archives
+from anomaly_spotter.sources.archives import fetch_dataset_category
 from anomaly_spotter.config import parse_params
 from anomaly_spotter.errors import ConfigError, DataError, FetchError, UserError
-from anomaly_spotter.fetch import ARCHIVE_SOURCES, archive_dataset
-from anomaly_spotter.images import read_mask_values
-from anomaly_spotter.layout import list_category
+from anomaly_spotter.sources.fetch import ARCHIVE_DATASETS, check_data
+from anomaly_spotter.dataset.images import read_mask_values
+from anomaly_spotter.dataset.layout import list_category
 
 SOURCES = ("visa", "mvtec_3d", "mvtec_loco", "mvtec_ad2")
 
@@ -36,7 +36,7 @@ def digest(path: Path, algorithm: str) -> str:
 
 def genuine(source: str, archive: Path, checksum: str | None = None):
     """The source's Dataset, with its published checksum replaced by this test archive's."""
-    dataset = archive_dataset(source)
+    dataset = ARCHIVE_DATASETS[source]
     spec = dataset.archive
     return replace(dataset, archive=replace(spec, checksum=checksum or digest(archive, spec.algorithm)))
 
@@ -61,7 +61,7 @@ def fetch(dataset, dest: Path, cache: Path, **where) -> None:
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_served_archive_becomes_an_mvtec_layout_category(source, tmp_path, http_server):
-    dataset = archive_dataset(source)
+    dataset = ARCHIVE_DATASETS[source]
     archive = build_archive(source, tmp_path, dataset.archive.name)
     http_server.add("/share/" + dataset.archive.path, archive.read_bytes(), "drop:2000")
     dest, cache = tmp_path / "raw" / CATEGORY[source][0], tmp_path / "cache"
@@ -96,7 +96,7 @@ def test_served_archive_becomes_an_mvtec_layout_category(source, tmp_path, http_
 
 
 def test_second_category_reuses_the_downloaded_archive(tmp_path, http_server, monkeypatch):
-    dataset = archive_dataset("mvtec_3d")
+    dataset = ARCHIVE_DATASETS["mvtec_3d"]
     archive = build_archive("mvtec_3d", tmp_path, dataset.archive.name)
     http_server.add("/s/" + dataset.archive.path, archive.read_bytes())
     checked = genuine("mvtec_3d", archive)
@@ -110,7 +110,7 @@ def test_second_category_reuses_the_downloaded_archive(tmp_path, http_server, mo
 
 @pytest.mark.parametrize("source, label", [("visa", "SHA-256"), ("mvtec_3d", "MD5")])
 def test_wrong_checksum_of_a_download_keeps_nothing(source, label, tmp_path, http_server):
-    dataset = archive_dataset(source)
+    dataset = ARCHIVE_DATASETS[source]
     archive = build_archive(source, tmp_path, dataset.archive.name)
     url = http_server.add("/s/" + dataset.archive.path, archive.read_bytes())
     dest, cache = tmp_path / "raw" / "x", tmp_path / "cache"
@@ -127,7 +127,7 @@ def test_wrong_checksum_of_a_download_keeps_nothing(source, label, tmp_path, htt
 def test_wrong_checksum_of_a_local_archive_names_it_and_keeps_it(tmp_path):
     archive = build_archive("mvtec_ad2", tmp_path, "mvtec_ad_2.tar.gz")
     with pytest.raises(FetchError) as info:
-        fetch(archive_dataset("mvtec_ad2"), tmp_path / "raw" / "can", tmp_path / "cache", archive=archive)
+        fetch(ARCHIVE_DATASETS["mvtec_ad2"], tmp_path / "raw" / "can", tmp_path / "cache", archive=archive)
     message = str(info.value)
     assert f"{archive}: SHA-256 is {digest(archive, 'sha256')}" in message and "MVTec AD 2" in message
     assert archive.is_file()
@@ -175,18 +175,18 @@ def test_visa_split_rows_that_name_no_usable_file(row, problem, tmp_path):
 
 def test_misspelt_source_suggests_the_closest():
     with pytest.raises(ConfigError, match=r"data.source: 'mvtec_lcoo' is not one of .*mvtec_loco.* \(did you mean 'mvtec_loco'\?\)"):
-        parse_params({"data": {"source": "mvtec_lcoo"}})
+        check_data(parse_params({"data": {"source": "mvtec_lcoo"}}).data)
 
 
-@pytest.mark.parametrize("source", ARCHIVE_SOURCES)
+@pytest.mark.parametrize("source", tuple(ARCHIVE_DATASETS))
 def test_unknown_category_suggests_the_closest(source):
     good, _ = CATEGORY[source]
     typo = good[:-1]
     with pytest.raises(ConfigError) as info:
-        parse_params({"data": {"source": source, "categories": [typo]}})
+        check_data(parse_params({"data": {"source": source, "categories": [typo]}}).data)
     assert f"data.categories: {typo!r} is not a {source} category (did you mean {good!r}?)" in str(info.value)
     with pytest.raises(UserError, match=f"did you mean {good!r}"):
-        fetch_dataset_category(archive_dataset(source), typo, Path("unused"), archive=None, mirror=None, cache_dir=Path("unused"), min_train_images=1)
+        fetch_dataset_category(ARCHIVE_DATASETS[source], typo, Path("unused"), archive=None, mirror=None, cache_dir=Path("unused"), min_train_images=1)
 
 
 def test_archive_of_another_dataset_says_which_to_use(tmp_path):
@@ -202,9 +202,9 @@ def test_archive_of_another_dataset_says_which_to_use(tmp_path):
 def test_official_validation_split_replaces_the_holdout(tmp_path):
     """3D-AD, LOCO and AD 2 publish validation/good: preprocess uses it, thresholds.json says so."""
     from anomaly_spotter.config import PreprocessConfig, ThresholdsConfig
-    from anomaly_spotter.preprocessing import preprocess_category
-    from anomaly_spotter.processed import load_processed
-    from anomaly_spotter.thresholds import OFFICIAL_VALIDATION_SOURCE, parse_thresholds, threshold_report
+    from anomaly_spotter.dataset.preprocessing import preprocess_category
+    from anomaly_spotter.dataset.processed import load_processed
+    from anomaly_spotter.evaluation.thresholds import OFFICIAL_VALIDATION_SOURCE, parse_thresholds, threshold_report
 
     archive = build_archive("mvtec_ad2", tmp_path, "mvtec_ad_2.tar.gz")
     raw = tmp_path / "raw" / "can"

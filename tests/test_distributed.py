@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomaly_spotter.distributed import rank_batches
+from anomaly_spotter.training.distributed import rank_batches
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.detectors import load_model
 from conftest import REPO, TINY_PARAMS, deep_update, make_processed, run

@@ -20,7 +20,7 @@ from conftest_data import (
     tree_bytes,
 )
 
-from anomaly_spotter.download import download, partial_path, safe_extract
+from anomaly_spotter.sources.download import download, partial_path, safe_extract
 from anomaly_spotter.errors import FetchError
 
 # A payload of a few chunks' worth would make the tests slow; a few hundred kB still

@@ -8,11 +8,11 @@ import tifffile
 
 from anomaly_spotter.config import parse_params
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.evaluation import evaluate_category
-from anomaly_spotter.preprocessing import preprocess_category
-from anomaly_spotter.processed import load_processed
-from anomaly_spotter.report import summarise, write_report
-from anomaly_spotter.synthetic_dataset import generate_category
+from anomaly_spotter.evaluation.evaluate import evaluate_category
+from anomaly_spotter.dataset.preprocessing import preprocess_category
+from anomaly_spotter.dataset.processed import load_processed
+from anomaly_spotter.evaluation.report import summarise, write_report
+from anomaly_spotter.sources.synthetic import generate_category
 from anomaly_spotter.detectors import load_model
 from anomaly_spotter.training import train_category
 from conftest import TINY_RECONSTRUCTION as TINY_PARAMS, deep_update, validation_thresholds
@@ -100,7 +100,7 @@ def test_report_means_and_missing_category(tmp_path):
 
 def test_report_compact_table_shows_each_categorys_params(tmp_path):
     from anomaly_spotter.config import parse_params
-    from anomaly_spotter.report import key_params
+    from anomaly_spotter.evaluation.report import key_params
 
     for name, auroc in (("weave", 1.0), ("marble", 0.5)):
         (tmp_path / f"{name}.json").write_text(json.dumps({"image_auroc": auroc, "au_pro": 0.25, "f1": 0.5}))

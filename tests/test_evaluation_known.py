@@ -34,13 +34,13 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_spotter.anomaly_map import resize_to
+from anomaly_spotter.detectors.anomaly_map import resize_to
 from anomaly_spotter.config import ScoreConfig, parse_params
 from anomaly_spotter.detectors.base import Detector
-from anomaly_spotter.evaluation import evaluate_category
+from anomaly_spotter.evaluation.evaluate import evaluate_category
 from anomaly_spotter.fileio import write_json
-from anomaly_spotter.processed import load_processed, save_npy
-from anomaly_spotter.thresholds import ThresholdsMismatchError, parse_thresholds, score_record, threshold_report
+from anomaly_spotter.dataset.processed import load_processed, save_npy
+from anomaly_spotter.evaluation.thresholds import ThresholdsMismatchError, parse_thresholds, score_record, threshold_report
 from conftest import validation_thresholds
 
 S = 32

@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from anomaly_spotter import export
+from anomaly_spotter.deploy import export
 from anomaly_spotter.config import parse_params
-from anomaly_spotter.data import to_tensor
+from anomaly_spotter.tensors import to_tensor
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.detectors import load_model
 from anomaly_spotter.scoring import output_maps
@@ -141,7 +141,7 @@ def test_dvc_yaml_declares_the_export_stage():
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["export"]
     assert stage["foreach"] == "${data.categories}"
     do = stage["do"]
-    assert {"stages/export.py", "src/anomaly_spotter/export.py", "src/anomaly_spotter/anomaly_map.py", "models/${item}/model.pt", "data/processed/${item}"} <= set(do["deps"])
+    assert {"stages/export.py", "src/anomaly_spotter/deploy/export.py", "src/anomaly_spotter/detectors/anomaly_map.py", "models/${item}/model.pt", "data/processed/${item}"} <= set(do["deps"])
     assert set(do["params"]) == {"score", "presets"}
     assert do["outs"] == ["models/${item}/model.onnx"]
     assert do["metrics"] == [{"metrics/${item}_export.json": {"cache": False}}]

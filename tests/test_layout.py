@@ -11,9 +11,9 @@ import pytest
 from conftest_data import SIZE, make_category, square_mask, texture, tree_bytes, write_image
 
 from anomaly_spotter.errors import DataError
-from anomaly_spotter.images import read_image
-from anomaly_spotter.layout import find_problems, list_category, validate_category
-from anomaly_spotter.local_folder import import_folder_category
+from anomaly_spotter.dataset.images import read_image
+from anomaly_spotter.dataset.layout import find_problems, list_category, validate_category
+from anomaly_spotter.sources.local_folder import import_folder_category
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from conftest_data import SIZE, make_category, square_mask, texture, write_image
 
 from anomaly_spotter.config import PreprocessConfig
 from anomaly_spotter.errors import DataError
-from anomaly_spotter.images import read_mask, read_mask_values, resize_mask
-from anomaly_spotter.layout import find_problems, validate_category
-from anomaly_spotter.preprocessing import preprocess_category
-from anomaly_spotter.processed import load_processed
+from anomaly_spotter.dataset.images import read_mask, read_mask_values, resize_mask
+from anomaly_spotter.dataset.layout import find_problems, validate_category
+from anomaly_spotter.dataset.preprocessing import preprocess_category
+from anomaly_spotter.dataset.processed import load_processed
 
 MASK = "ground_truth/crack/000_mask.png"
 

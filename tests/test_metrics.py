@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from anomaly_spotter import metrics as m
+from anomaly_spotter.evaluation import metrics as m
 from anomaly_spotter.errors import UserError
 
 # --------------------------------------------------------------------------- references

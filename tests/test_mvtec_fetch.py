@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from conftest_data import make_category, make_tar, running_server, tree_bytes
 
-from anomaly_spotter import archives, mvtec
+from anomaly_spotter.sources import archives, mvtec
 from anomaly_spotter.errors import DataError, FetchError, UserError
-from anomaly_spotter.mvtec import (
+from anomaly_spotter.sources.mvtec import (
     BASE_URL,
     CATEGORY_PATHS,
-    MVTEC_CATEGORIES,
+    CATEGORIES as MVTEC_CATEGORIES,
     PILL_BASE_URL,
     WHOLE_ARCHIVE_NAME,
     category_url,

@@ -12,16 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_spotter import anomaly_map
+from anomaly_spotter.detectors import anomaly_map
 from anomaly_spotter.config import ScoreConfig, parse_params
+from anomaly_spotter.detectors import check_params
 from anomaly_spotter.detectors import backbones
 from anomaly_spotter.detectors import patchcore as patchcore_module
 from anomaly_spotter.detectors.backbones import FeatureExtractor, build_feature_extractor, weight_file, weights_path
-from anomaly_spotter.detectors.base import FitRun, save_model_file
+from anomaly_spotter.detectors.base import save_model_file
+from anomaly_spotter.training.memory_bank import fit_memory_bank
+from anomaly_spotter.training.run import FitRun
 from anomaly_spotter.scoring import score_images
-from anomaly_spotter.detectors.patchcore import PatchCore, _greedy_indices, coreset_size, coverage_radius, greedy_coreset
+from anomaly_spotter.detectors.coreset import _greedy_indices, coreset_size, coverage_radius, greedy_coreset
+from anomaly_spotter.detectors.patchcore import PatchCore
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.processed import load_processed, save_npy
+from anomaly_spotter.dataset.processed import load_processed, save_npy
 
 SIZE = 64  # px: an 8x8 patch grid, enough for every code path and fast on 2 cores
 
@@ -332,10 +336,12 @@ def test_an_anomalous_patch_scores_higher(detector):
 def test_unfitted_detector_and_bad_params_say_what_to_do():
     with pytest.raises(RuntimeError, match="empty memory bank"):
         PatchCore("efficientnet_lite0", (2,), SIZE)(torch.zeros(1, 3, SIZE, SIZE))
-    with pytest.raises(UserError, match="model.neighbourhood"):
-        PatchCore("efficientnet_lite0", (2,), SIZE, neighbourhood=4, pretrained=False)
+    with pytest.raises(UserError, match="model.patch_window: must be odd"):
+        check_params(parse_params({"model": {"kind": "patchcore", "patch_window": 4}}))
     with pytest.raises(UserError, match="score.map"):
-        PatchCore.from_params(parse_params({"model": {"kind": "patchcore"}, "score": {"map": "ssim"}}))
+        check_params(parse_params({"model": {"kind": "patchcore"}, "score": {"map": "ssim"}}))
+    with pytest.raises(UserError, match="model.neighbourhood: renamed to model.patch_window"):
+        parse_params({"model": {"kind": "patchcore", "neighbourhood": 3}})
 
 
 # -- model.pt and ONNX ------------------------------------------------------------------------------
@@ -410,7 +416,7 @@ def test_onnx_export_matches_pytorch(detector, tmp_path):
 
 # -- fit ----------------------------------------------------------------------------------------------
 def make_category(root: Path) -> Path:
-    """A tiny processed category (train 6, val 2, test 4) in the format of anomaly_spotter.processed."""
+    """A tiny processed category (train 6, val 2, test 4) in the format of anomaly_spotter.dataset.processed."""
     images = textures(12, seed=3)
     test = images[8:].copy()
     test[2:, 20:36, 20:36] = 0  # two defective test images
@@ -442,7 +448,7 @@ def test_fit_writes_model_and_logs_byte_identically(tmp_path, monkeypatch):
         }
     )
     runs = [FitRun(model_path=tmp_path / f"run{i}" / "model.pt", checkpoint_dir=tmp_path / f"run{i}" / "ckpt", log_dir=tmp_path / f"run{i}" / "logs") for i in (1, 2)]
-    results = [PatchCore.fit(data, params, run) for run in runs]
+    results = [fit_memory_bank(PatchCore, data, params, run) for run in runs]
     assert runs[0].model_path.read_bytes() == runs[1].model_path.read_bytes()
 
     result = results[0]

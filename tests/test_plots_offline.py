@@ -1,6 +1,6 @@
 """``dvc plots show`` / ``dvc plots diff`` must render offline with the generated template.
 
-Unit tests (always run) check :mod:`anomaly_spotter.plots_template` with fake bundles and the
+Unit tests (always run) check :mod:`anomaly_spotter.evaluation.plots_template` with fake bundles and the
 pins in ``package.json``. The integration tests build a tiny DVC repository (a JSON line plot
 and a PNG image plot declared in ``dvc.yaml``), point ``plots.html_template`` at the template
 built from the real ``node_modules/`` and run the real ``dvc`` CLI; the last one loads the page
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.plots_template import (
+from anomaly_spotter.evaluation.plots_template import (
     BUNDLES,
     CONFIG_VALUE,
     DEFAULT_OUT,
@@ -132,7 +132,7 @@ def _assert_self_contained(page: str) -> None:
     assert srcs == [], f"page still loads scripts from {srcs}"
     assert not re.search(r"\b(src|href)\s*=\s*['\"]?(https?:)?//", page, flags=re.IGNORECASE)
     assert "cdn.jsdelivr.net" not in page
-    assert 'name="generator" content="anomaly_spotter.plots_template' in page
+    assert 'name="generator" content="anomaly_spotter.evaluation.plots_template' in page
 
 
 # --------------------------------------------------------------------------- unit tests

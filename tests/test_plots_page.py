@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomaly_spotter.plots_template import DEFAULT_OUT, build_offline_template
+from anomaly_spotter.evaluation.plots_template import DEFAULT_OUT, build_offline_template
 from anomaly_spotter.training.logs import LOSS_CURVE, loss_curve_rows, write_loss_curve
 from conftest import REPO, TINY_PARAMS, dvc, git, make_project
 from test_plots_offline import MISSING_BUNDLES, NODE_MODULES, _chromium, _run

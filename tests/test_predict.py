@@ -1,4 +1,4 @@
-"""``python -m anomaly_spotter.predict``: inputs, scoring, heatmaps, JSONL, exit codes and ``--rev``.
+"""``python -m anomaly_spotter.deploy.predict``: inputs, scoring, heatmaps, JSONL, exit codes and ``--rev``.
 
 Everything runs on a tiny untrained model (32 px, 4 base channels) saved in the format
 ``Trainer.fit`` writes; the ``--rev`` test builds a small git + DVC repository around it.
@@ -20,12 +20,12 @@ import yaml
 from anomaly_spotter.cli import run as run_cli
 from anomaly_spotter.config import parse_params
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.images import read_image, resize
-from anomaly_spotter.predict import RESULTS_NAME, collect_images, load_detector, main, predict_images
+from anomaly_spotter.dataset.images import read_image, resize
+from anomaly_spotter.deploy.predict import RESULTS_NAME, collect_images, load_detector, main, predict_images
 from anomaly_spotter.detectors.base import save_model_file
 from anomaly_spotter.scoring import score_images
 from anomaly_spotter.detectors import build_detector
-from anomaly_spotter.thresholds import ThresholdsMismatchError, score_record
+from anomaly_spotter.evaluation.thresholds import ThresholdsMismatchError, score_record
 from conftest import REPO, TINY_PARAMS, deep_update, dvc, git, run
 
 CATEGORY = "weave"
@@ -234,7 +234,7 @@ def test_rev_reads_model_thresholds_and_params_of_that_revision(workspace):
     assert all(a.score != pytest.approx(b.score, rel=1e-3) for a, b in zip(now, v1))  # the check below can fail
 
     # The real command line, in a fresh process, against the committed revision.
-    result = run([sys.executable, "-m", "anomaly_spotter.predict", "--category", CATEGORY, "--rev", "HEAD", "images", "--out", "at_head"], cwd=repo)
+    result = run([sys.executable, "-m", "anomaly_spotter.deploy.predict", "--category", CATEGORY, "--rev", "HEAD", "images", "--out", "at_head"], cwd=repo)
     assert "revision HEAD model" in result.stdout
     rows = read_jsonl(repo / "at_head" / RESULTS_NAME)
     assert [r["threshold"] for r in rows] == [THRESHOLD] * 3
@@ -277,7 +277,7 @@ def test_maps_are_exported_at_the_original_size_for_a_benchmark_server(workspace
     """MVTec AD 2's private splits have no ground truth: scored here, judged by the server."""
     import tifffile
 
-    from anomaly_spotter.anomaly_map import resize_to
+    from anomaly_spotter.detectors.anomaly_map import resize_to
 
     assert exit_code(["--category", CATEGORY, "images/single.png", "--maps", "--out", "server"]) == 0
     (row,) = read_jsonl(workspace / "server" / RESULTS_NAME)

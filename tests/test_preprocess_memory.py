@@ -23,7 +23,7 @@ MB = 1 << 20
 _MEASURE = """
 import json, resource, sys
 from anomaly_spotter.config import PreprocessConfig
-from anomaly_spotter.preprocessing import preprocess_category
+from anomaly_spotter.dataset.preprocessing import preprocess_category
 preprocess_category(sys.argv[1], sys.argv[2], PreprocessConfig(image_size=64))
 print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
 """

@@ -9,7 +9,7 @@ from conftest import REPO
 
 from anomaly_spotter.config import load_params
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.readme_table import BEGIN, END, main, replace_block, results_table
+from anomaly_spotter.evaluation.readme_table import BEGIN, END, main, replace_block, results_table
 
 
 def committed_summary() -> dict:

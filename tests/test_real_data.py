@@ -2,7 +2,7 @@
 
 import pytest
 
-from anomaly_spotter.layout import find_problems, list_category
+from anomaly_spotter.dataset.layout import find_problems, list_category
 from conftest import SHARED_DATASETS
 
 MAGNETIC_TILE = SHARED_DATASETS / "magnetic_tile" / "magnetic_tile"

@@ -56,7 +56,7 @@ def test_push_clone_pull_round_trip(reproduced, tmp_path):
     assert "Running stage" not in again.stdout
     assert (clone / "models" / "marble" / "model.pt").read_bytes() == (root / "models" / "marble" / "model.pt").read_bytes()
     # The pulled model judges new images in the clone (predict reads model, threshold, params).
-    judged = run([sys.executable, "-m", "anomaly_spotter.predict", "--category", "marble", "data/raw/marble/test"], cwd=clone)
+    judged = run([sys.executable, "-m", "anomaly_spotter.deploy.predict", "--category", "marble", "data/raw/marble/test"], cwd=clone)
     results = [json.loads(line) for line in (clone / "predictions" / "marble" / "predictions.jsonl").read_text().splitlines()]
     assert len(results) == len(list((clone / "data" / "raw" / "marble" / "test").rglob("*.png"))) and "anomalous" in judged.stdout
     assert {"score", "threshold", "anomalous", "heatmap"} <= set(results[0])

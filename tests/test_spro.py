@@ -9,9 +9,9 @@ import pytest
 from conftest_data import write_image
 
 from anomaly_spotter.errors import DataError
-from anomaly_spotter.metrics import MetricError, au_spro, au_pro
-from anomaly_spotter.processed import TestItem as Item
-from anomaly_spotter.regions import read_regions
+from anomaly_spotter.evaluation.metrics import MetricError, au_spro, au_pro
+from anomaly_spotter.dataset.processed import TestItem as Item
+from anomaly_spotter.dataset.regions import read_regions
 
 # One defect-free image (its 4 pixels make the FPR) and one defective image with two regions:
 #   A = pixels 0-3, scores 0.8 0.8 0.05 0.05, saturation 2 px: two pixels found = fully detected

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from anomaly_spotter.config import SyntheticConfig
-from anomaly_spotter.images import read_image, read_mask
-from anomaly_spotter.synthetic_dataset import CATEGORIES, DEFECTS, GRAYSCALE, generate_category, render_sample
+from anomaly_spotter.dataset.images import read_image, read_mask
+from anomaly_spotter.sources.synthetic import CATEGORIES, DEFECTS, GRAYSCALE, generate_category, render_sample
 
-CONFIG = SyntheticConfig(image_size=64, train_good=3, test_good=2, test_defect_per_type=2, seed=3)
+CONFIG = SyntheticConfig(side=64, train_good=3, test_good=2, test_defect_per_type=2, seed=3)
 
 
 def test_categories_cover_texture_irregular_texture_and_object():
@@ -18,7 +18,7 @@ def test_categories_cover_texture_irregular_texture_and_object():
 def test_deterministic_from_seed(category):
     a = render_sample(category, "good", index=1, config=CONFIG)
     b = render_sample(category, "good", index=1, config=CONFIG)
-    other_seed = render_sample(category, "good", index=1, config=SyntheticConfig(image_size=64, seed=4))
+    other_seed = render_sample(category, "good", index=1, config=SyntheticConfig(side=64, seed=4))
     other_index = render_sample(category, "good", index=2, config=CONFIG)
     assert np.array_equal(a.image, b.image)
     assert not np.array_equal(a.image, other_seed.image)
@@ -28,7 +28,7 @@ def test_deterministic_from_seed(category):
 @pytest.mark.parametrize("category, defect", [(c, d) for c in CATEGORIES for d in DEFECTS[c]])
 def test_mask_marks_exactly_the_changed_pixels(category, defect):
     for index in range(3):
-        sample = render_sample(category, defect, index=index, config=SyntheticConfig(image_size=96))
+        sample = render_sample(category, defect, index=index, config=SyntheticConfig(side=96))
         changed = (sample.image != sample.clean).any(axis=2)
         assert sample.mask.sum() >= 10
         assert not (changed & ~sample.mask).any(), "pixels changed outside the mask"
@@ -37,7 +37,7 @@ def test_mask_marks_exactly_the_changed_pixels(category, defect):
 
 def test_object_defects_land_on_the_object():
     for index in range(5):
-        sample = render_sample("washer", "scratch", index=index, config=SyntheticConfig(image_size=96))
+        sample = render_sample("washer", "scratch", index=index, config=SyntheticConfig(side=96))
         background = np.array([40, 40, 45])
         on_background = (np.abs(sample.clean.astype(int) - background).max(axis=2) < 15) & sample.mask
         assert on_background.sum() == 0

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from anomaly_spotter.pasted_anomalies import (
+from anomaly_spotter.training.pasted_anomalies import (
     MASK_KINDS,
     SOURCE_KINDS,
     AnomalyGenerator,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from anomaly_spotter.processed import save_npy
+from anomaly_spotter.dataset.processed import save_npy
 from conftest import REPO, TINY_PARAMS, make_processed, tool_env
 
 CATEGORY = "weave"
@@ -78,8 +78,8 @@ def test_changing_the_test_split_changes_neither_model_nor_thresholds(trained, t
 def test_thresholds_json_records_the_stage_params(trained):
     from anomaly_spotter.config import parse_params
     from anomaly_spotter.detectors import load_model
-    from anomaly_spotter.processed import load_processed
-    from anomaly_spotter.thresholds import VALIDATION_SOURCE, read_thresholds, score_record
+    from anomaly_spotter.dataset.processed import load_processed
+    from anomaly_spotter.evaluation.thresholds import VALIDATION_SOURCE, read_thresholds, score_record
 
     root, processed = trained
     written = read_thresholds(root / "original" / "thresholds.json")

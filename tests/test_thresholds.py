@@ -9,10 +9,11 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
-from anomaly_spotter.config import ScoreConfig, ThresholdsConfig, resolve_map_kind, threshold_names
+from anomaly_spotter.config import ScoreConfig, ThresholdsConfig, threshold_names
+from anomaly_spotter.detectors import DETECTORS
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.fileio import write_json
-from anomaly_spotter.thresholds import (
+from anomaly_spotter.evaluation.thresholds import (
     FORMAT_VERSION,
     VALIDATION_SOURCE,
     ThresholdError,
@@ -88,7 +89,7 @@ def test_threshold_report_uses_the_configured_strategy() -> None:
 
 def fake_model(kind: str = "discriminative", image_size: int = 32) -> SimpleNamespace:
     """What score_record reads of a detector: its input size and how it resolves score.map."""
-    return SimpleNamespace(image_size=image_size, map_kind=lambda requested: resolve_map_kind(kind, requested))
+    return SimpleNamespace(image_size=image_size, map_kind=DETECTORS[kind].map_kind)
 
 
 def write_thresholds(path, score: ScoreConfig | None = None, scores=(0.1, 0.2, 0.3, 0.4)):

@@ -8,7 +8,7 @@ import torch
 
 from anomaly_spotter.config import parse_params
 from anomaly_spotter.errors import TrainingError
-from anomaly_spotter.processed import load_processed
+from anomaly_spotter.dataset.processed import load_processed
 from anomaly_spotter.detectors import load_model
 from anomaly_spotter.detectors import detector_class
 from anomaly_spotter.training import train_category
@@ -171,8 +171,8 @@ def test_discriminative_training_saves_a_detector_that_scores_with_its_head(proc
 
 def test_defect_removal_training_targets_the_clean_image(processed):
     """With anomalies on, the dataset gives (corrupted input, clean target, mask), reproducibly."""
-    from anomaly_spotter.data import AnomalyDataset
-    from anomaly_spotter.pasted_anomalies import AnomalyGenerator
+    from anomaly_spotter.training.datasets import AnomalyDataset
+    from anomaly_spotter.training.pasted_anomalies import AnomalyGenerator
 
     params = parse_params(deep_update(TINY_PARAMS, {"anomalies": {"probability": 1.0}}))
     dataset = AnomalyDataset(processed.train, seed=0, generator=AnomalyGenerator.from_config(params.anomalies))

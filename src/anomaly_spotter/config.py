@@ -3,11 +3,15 @@
 Each top-level section of ``params.yaml`` mirrors a pipeline stage and maps to one dataclass
 below. The defaults are stated once, here; ``params.yaml`` lists every value so that DVC tracks
 it, and ``tests/test_config.py`` fails when the two disagree. Constructors elsewhere that take
-these settings read their defaults from these dataclasses. ``presets`` holds per-category
-overrides merged over the defaults.
+these settings take what they are given (no second set of defaults). ``presets`` holds
+per-category overrides merged over the defaults.
 
 Validation happens before any work and reports *all* problems at once: unknown keys (typos),
-wrong types and out-of-range values, each named by its dotted key.
+renamed keys (with their new name), wrong types and out-of-range values, each named by its
+dotted key. Facts that belong to one detector kind or one data source (its map kinds, its
+own rules, its categories) are declared by that class or module and checked through its
+registry: :func:`anomaly_spotter.detectors.check_params` and
+:func:`anomaly_spotter.sources.fetch.check_data`.
 
 Example:
     >>> params = parse_params({"loss": {"ssim": 0.7}})
@@ -33,8 +37,7 @@ from typing import Any
 
 import yaml
 
-from anomaly_spotter.categories import SOURCE_CATEGORIES, did_you_mean
-from anomaly_spotter.errors import ConfigError
+from anomaly_spotter.errors import ConfigError, did_you_mean
 
 CATEGORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -49,9 +52,9 @@ def _choices(*values: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """The built-in synthetic dataset (see :mod:`anomaly_spotter.synthetic_dataset`)."""
+    """The built-in synthetic dataset (see :mod:`anomaly_spotter.sources.synthetic`)."""
 
-    image_size: int = field(default=160, metadata=_range(32, 2048))  # generated side, px; preprocess resizes
+    side: int = field(default=160, metadata=_range(32, 2048))  # generated images are side x side px; preprocess resizes
     train_good: int = field(default=72, metadata=_range(2))
     # 96 + 3 x 32 test images: the bootstrap sd of image AUROC is <= 0.012 per category, where
     # 24 + 3 x 8 gave up to 0.020 (bench/isa_drift.py, README "Reproducibility across machines").
@@ -64,9 +67,9 @@ class SyntheticConfig:
 class DataConfig:
     """Where the raw images come from (stage ``fetch``)."""
 
-    # The built-in and downloaded sources (categories.SOURCE_CATEGORIES: the downloaded ones are
-    # read in their own layout and written in MVTec AD's, anomaly_spotter.fetch) and a local folder.
-    source: str = field(default="synthetic", metadata=_choices(*SOURCE_CATEGORIES, "folder"))
+    # The built-in and downloaded sources and a local folder: one of anomaly_spotter.sources.fetch.SOURCES
+    # (checked by the fetch stage; the downloaded ones are read in their own layout and written in MVTec AD's).
+    source: str = "synthetic"
     categories: tuple[str, ...] = ("weave", "marble", "washer")
     root: str = ""  # folder source: <root>/<category> in MVTec AD layout
     mirror: str = ""  # downloaded sources: replaces the official base URL
@@ -101,15 +104,6 @@ class AugmentConfig:
     noise_std: float = field(default=0.02, metadata=_range(0.0, 1.0))  # in [0, 1] intensity units
 
 
-# The detector kinds and the anomaly maps each can score with, ``auto`` first: the one rule that
-# both validation here and each detector's ``map_kind`` use. The detector classes are registered
-# in anomaly_spotter.detectors.DETECTORS (a test keeps the two lists equal).
-MAP_KINDS: dict[str, tuple[str, ...]] = {
-    "reconstruction": ("ssim", "l2", "combined"),
-    "discriminative": ("head", "l2", "ssim", "combined"),
-    "patchcore": ("distance",),
-}
-MODEL_KINDS = tuple(MAP_KINDS)
 # The pretrained backbones a feature-based kind (and the perceptual loss) can use.
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "wide_resnet50_2", "resnet18")
 
@@ -121,7 +115,8 @@ class ModelConfig:
     # reconstruction: the autoencoder alone, scored by its reconstruction error.
     # discriminative: autoencoder + a segmentation head trained on synthetic anomalies (DRAEM).
     # patchcore: a memory bank of pretrained patch features, scored by nearest-neighbour distance.
-    kind: str = field(default="discriminative", metadata=_choices(*MODEL_KINDS))
+    # One of anomaly_spotter.detectors.DETECTORS (its class declares its map kinds and own rules).
+    kind: str = "discriminative"
     base_channels: int = field(default=32, metadata=_range(4, 256))
     bottleneck_channels: int = field(default=512, metadata=_range(8, 4096))
     # Skip connections used, by level (1 = full resolution ... 3 = 1/4 resolution). Empty by
@@ -135,18 +130,18 @@ class ModelConfig:
     backbone: str = field(default="efficientnet_lite2", metadata=_choices(*BACKBONES))  # lite2: +0.01-0.02 over lite0 on magnetic_tile, same fit time
     layers: tuple[int, ...] = (2, 3)
     coreset_ratio: float = field(default=0.02, metadata=_range(0.0, 1.0, lo_open=True))  # bank kept by greedy coreset; 2%: +0.01 on every metric for ~7 s
-    neighbourhood: int = field(default=3, metadata=_range(1, 15))  # patch aggregation window (odd), in feature cells
+    patch_window: int = field(default=3, metadata=_range(1, 15))  # patch features averaged over k x k feature cells (odd)
     num_neighbours: int = field(default=9, metadata=_range(0, 1024))  # image-score reweighting; 0 = plain max distance
 
 
-# What synthetic anomalies look like (anomaly_spotter.pasted_anomalies takes its names from here).
+# What synthetic anomalies look like (anomaly_spotter.training.pasted_anomalies takes its names from here).
 ANOMALY_MASKS = ("perlin", "blobs", "mixed")
 ANOMALY_SOURCES = ("patches", "jitter", "rotate", "texture", "shade")
 
 
 @dataclass(frozen=True)
 class AnomaliesConfig:
-    """Synthetic anomalies pasted on training images (see :mod:`anomaly_spotter.pasted_anomalies`).
+    """Synthetic anomalies pasted on training images (see :mod:`anomaly_spotter.training.pasted_anomalies`).
 
     With ``probability > 0`` the autoencoder learns to output the clean image from a corrupted
     one (defect removal), and the discriminative head learns the pasted mask.
@@ -199,7 +194,7 @@ class TrainConfig:
     sample_every: int = field(default=4, metadata=_range(0))  # epochs between logged reconstructions
     num_workers: int = field(default=0, metadata=_range(0))
     # Data-parallel processes on this machine (DDP: gloo on CPU, NCCL with one GPU each);
-    # batch_size stays the global batch. See anomaly_spotter.distributed.
+    # batch_size stays the global batch. See anomaly_spotter.training.distributed.
     processes: int = field(default=1, metadata=_range(1, 1024))
 
 
@@ -207,8 +202,9 @@ class TrainConfig:
 class ScoreConfig:
     """Anomaly map and image score (shared by ``thresholds`` and ``evaluate``)."""
 
-    # auto: head for discriminative, ssim for reconstruction, distance for patchcore.
-    map: str = field(default="auto", metadata=_choices("auto", "l2", "ssim", "combined", "head", "distance"))
+    # auto: the first map kind the detector class declares (head for discriminative, ssim for
+    # reconstruction, distance for patchcore); checked against the class's map_kinds.
+    map: str = "auto"
     ssim_window: int = field(default=11, metadata=_range(3, 63))
     combined_ssim_weight: float = field(default=0.5, metadata=_range(0.0, 1.0))
     smoothing_sigma: float = field(default=4.0, metadata=_range(0.0, 64.0))
@@ -253,27 +249,6 @@ class Params:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-
-
-def resolve_map_kind(model_kind: str, requested: str) -> str:
-    """``score.map`` with ``auto`` resolved for ``model.kind`` (:data:`MAP_KINDS`, ``auto`` = the first).
-
-    >>> resolve_map_kind("reconstruction", "auto"), resolve_map_kind("discriminative", "auto"), resolve_map_kind("patchcore", "auto")
-    ('ssim', 'head', 'distance')
-    >>> resolve_map_kind("reconstruction", "head")
-    Traceback (most recent call last):
-    ...
-    ValueError: score.map is 'head' but model.kind reconstruction scores with auto, ssim, l2, combined
-    """
-    allowed = MAP_KINDS[model_kind]
-    if requested == "auto":
-        return allowed[0]
-    if requested not in allowed:
-        raise ValueError(f"score.map is {requested!r} but model.kind {model_kind} scores with {', '.join(('auto', *allowed))}")
-    return requested
-
-
-# -- thresholds: the one naming scheme and range rule, shared with anomaly_spotter.thresholds --
 
 
 def percentile_key(p: float) -> str:
@@ -378,11 +353,23 @@ def _check_bounds(value: Any, meta: typing.Mapping[str, Any], key: str, problems
         problems.append(f"{key}: must be <= {hi}, got {value!r}")
 
 
+# Keys renamed since an earlier version: refused with the new name, so an old params.yaml or
+# `-S old.key=...` says what to write instead of silently doing nothing.
+RENAMED_KEYS: dict[str, str] = {
+    "data.synthetic.image_size": "data.synthetic.side",
+    "model.neighbourhood": "model.patch_window",
+}
+
+
 def _build(cls: Any, raw: dict[str, Any], prefix: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in sorted(set(raw) - set(fields)):
-        problems.append(f"{prefix}{key}: unknown key (valid keys: {', '.join(sorted(fields))})")
+        dotted = f"{prefix}{key}".rsplit(": ", 1)[-1]  # without a preset's "presets.<cat>: " prefix
+        if dotted in RENAMED_KEYS:
+            problems.append(f"{prefix}{key}: renamed to {RENAMED_KEYS[dotted]}; write that key instead")
+        else:
+            problems.append(f"{prefix}{key}: unknown key (valid keys: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, f in fields.items():
         if name not in raw:
@@ -424,24 +411,9 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
             problems.append(f"{prefix}model.skips: levels are 1, 2 or 3, got {level}")
     if len(set(params.model.skips)) != len(params.model.skips):
         problems.append(f"{prefix}model.skips: a level is listed twice: {list(params.model.skips)}")
-    if params.model.neighbourhood % 2 == 0:
-        problems.append(f"{prefix}model.neighbourhood: must be odd (a window centred on each feature cell), got {params.model.neighbourhood}")
-    if not params.model.layers or any(level not in (1, 2, 3, 4) for level in params.model.layers) or len(set(params.model.layers)) != len(params.model.layers):
-        problems.append(f"{prefix}model.layers: list distinct feature levels from 1-4 (level k at stride 2**(k+1)), got {list(params.model.layers)}")
     weights = params.loss
     if weights.mse + weights.l1 + weights.ssim + weights.perceptual + weights.edge <= 0:
         problems.append(f"{prefix}loss: at least one of mse, l1, ssim, perceptual, edge must be > 0")
-    discriminative = params.model.kind == "discriminative"
-    if discriminative and params.anomalies.probability <= 0:
-        problems.append(f"{prefix}anomalies.probability: model.kind discriminative learns from synthetic anomalies; set it > 0 (e.g. 0.5)")
-    if discriminative and weights.focal + weights.dice <= 0:
-        problems.append(f"{prefix}loss: model.kind discriminative needs focal or dice > 0")
-    try:
-        if params.model.kind in MAP_KINDS:  # an unknown kind is reported by its own key already
-            resolve_map_kind(params.model.kind, params.score.map)
-    except ValueError as exc:
-        if any(params.score.map in kinds for kinds in MAP_KINDS.values()):  # else: not a map kind at all, reported already
-            problems.append(f"{prefix}{exc}")
     for name in params.anomalies.sources:
         if name not in ANOMALY_SOURCES:
             problems.append(f"{prefix}anomalies.sources: {name!r} is not one of {', '.join(ANOMALY_SOURCES)}")
@@ -464,18 +436,6 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
             f"{prefix}thresholds.strategy: {params.thresholds.strategy!r} is not computed; "
             f"choose one of {', '.join(names)}"
         )
-
-
-def _unknown_categories(data: DataConfig) -> list[str]:
-    """Categories the chosen source cannot provide (the folder source is checked when fetching)."""
-    known = SOURCE_CATEGORIES.get(data.source)
-    if known is None:
-        return []
-    problems = []
-    for name in data.categories:
-        if name not in known:
-            problems.append(f"data.categories: {name!r} is not a {data.source} category{did_you_mean(name, known)}; valid: {', '.join(known)}")
-    return problems
 
 
 def parse_params(raw: dict[str, Any] | None, category: str | None = None, source: str = "params.yaml") -> Params:
@@ -501,7 +461,6 @@ def parse_params(raw: dict[str, Any] | None, category: str | None = None, source
                 problems.append(f"data.categories: {name!r} is not a valid folder name")
         if len(set(categories)) != len(categories):
             problems.append(f"data.categories: a category is listed twice: {list(categories)}")
-        problems.extend(_unknown_categories(params.data))
     base_problems = len(problems)
     merged_for_category = None
     for name, override in sorted(presets.items()):
@@ -569,7 +528,6 @@ __all__ = [
     "ThresholdsConfig",
     "TrainConfig",
     "load_params",
-    "resolve_map_kind",
     "threshold_names",
     "parse_params",
     "to_dict",

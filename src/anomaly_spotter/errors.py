@@ -8,6 +8,9 @@ so users see one clear sentence instead of a traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 
 class UserError(Exception):
     """An error caused by input the user controls; its message is shown as is."""
@@ -38,3 +41,13 @@ class FetchError(UserError):
 
 class TrainingError(UserError):
     """Training cannot go on (non-finite loss or gradient, out of memory)."""
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """A hint naming the closest known name (case-insensitive), or ``""`` when none is close.
+
+    >>> did_you_mean("Botle", ("bottle", "cable")), did_you_mean("xyz", ("bottle",))
+    (" (did you mean 'bottle'?)", '')
+    """
+    close = difflib.get_close_matches(str(name).lower(), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from anomaly_spotter.config import ScoreConfig
-from anomaly_spotter.data import to_tensor, to_uint8
-from anomaly_spotter.detectors.base import Detector
+from anomaly_spotter.tensors import to_tensor, to_uint8
+
+if TYPE_CHECKING:
+    from anomaly_spotter.config import ScoreConfig
+    from anomaly_spotter.detectors.base import Detector
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from anomaly_spotter.anomaly_map import anomaly_map
+from anomaly_spotter.detectors.anomaly_map import anomaly_map
 from anomaly_spotter.config import ModelConfig, PreprocessConfig, ScoreConfig
 from anomaly_spotter.detectors.base import RECONSTRUCTING_OUTPUTS, GradientDetector
 from anomaly_spotter.detectors.losses import ReconstructionLoss
@@ -81,6 +81,7 @@ class AutoencoderUNetLite(GradientDetector):
     """
 
     kind = "reconstruction"
+    map_kinds = ("ssim", "l2", "combined")  # ssim first: it won the ablation (README, Detectors)
     onnx_outputs = RECONSTRUCTING_OUTPUTS
 
     def __init__(

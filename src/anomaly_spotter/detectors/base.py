@@ -6,11 +6,16 @@ which kind they hold. A detector is an ``nn.Module`` whose ``forward`` returns i
 turn that output into anomaly maps and image scores, so the one seam
 :func:`anomaly_spotter.scoring.output_maps` works for every kind.
 
-Fitting is a classmethod: it builds the detector from params *after* seeding (so the initial
-weights are a function of ``train.seed``), fits it on the processed train/val split and writes
-``model.pt``. Gradient-trained kinds hand themselves to the trainer that :class:`FitRun`
-carries (injected by the ``train`` stage), so no detector module imports the training stack
-and inference never loads it.
+A detector does not fit itself: :mod:`anomaly_spotter.training` does, chosen by the family a
+class belongs to: a :class:`GradientDetector` is trained by the one gradient loop, a
+:class:`MemoryBankDetector` gets a memory bank of its training patches, and a plain
+:class:`Detector` has nothing to learn and is saved as built. So no detector module imports the
+training stack, and inference never loads it.
+
+Each class declares the facts about itself once: :attr:`Detector.kind`, :attr:`Detector.map_kinds`
+(the ``score.map`` values it scores with; the first is what ``auto`` picks) and
+:meth:`Detector.param_problems` (its own rules on ``params.yaml``), which
+:func:`anomaly_spotter.detectors.check_params` reads through the registry.
 
 ``model.pt`` is ``torch.save`` of a plain dict, loadable with ``weights_only=True``::
 
@@ -20,70 +25,65 @@ Example (a new kind; see README "Adding a detector")::
 
     class MyDetector(Detector):
         kind = "mine"
+        map_kinds = ("my_map",)
         ...
     # in anomaly_spotter/detectors/__init__.py, one registry line:   MyDetector,
-    # in anomaly_spotter/config.py MAP_KINDS, the maps it scores with: "mine": ("my_map",),
 """
 
 from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from anomaly_spotter.anomaly_map import image_scores
-from anomaly_spotter.config import ScoreConfig, resolve_map_kind
+from anomaly_spotter.detectors.anomaly_map import image_scores
 from anomaly_spotter.fileio import atomic_open
 
 if TYPE_CHECKING:
-    from anomaly_spotter.config import Params
-    from anomaly_spotter.processed import ProcessedCategory
+    import numpy as np
 
-# What the ONNX graph returns after its one input ``image`` (see anomaly_spotter.export).
+    from anomaly_spotter.config import Params, ScoreConfig
+
+# What the ONNX graph returns after its one input ``image`` (see anomaly_spotter.deploy.export).
 RECONSTRUCTING_OUTPUTS = ("reconstruction", "anomaly_map", "score")
 MAP_OUTPUTS = ("anomaly_map", "score")
 
 
-@dataclass(frozen=True)
-class FitResult:
-    """What a fit reports back to the ``train`` stage."""
-
-    written: bool  # False on DDP ranks other than 0, which write nothing
-    summary: str  # one line for the stage's output
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FitRun:
-    """Where a fit writes, and the gradient trainer (injected so detectors never import it).
-
-    ``train_by_gradient(detector_class, data, params, run)`` is
-    :func:`anomaly_spotter.training.loop.train_by_gradient` in the ``train`` stage.
-    """
-
-    model_path: Path
-    checkpoint_dir: Path
-    log_dir: Path
-    progress: bool = True
-    train_by_gradient: Callable[..., FitResult] | None = None
-
-
 class Detector(nn.Module, ABC):
-    """One ``model.kind``: build from params, fit, produce anomaly maps, save/load, export.
+    """One ``model.kind``: build from params, produce anomaly maps, save/load, export.
 
-    Subclasses set :attr:`kind` and :attr:`onnx_outputs` and implement the abstract methods.
-    ``image_size`` is the side S of the square (N, 3, S, S) input in [-1, 1].
+    Subclasses set :attr:`kind`, :attr:`map_kinds` and :attr:`onnx_outputs` and implement the
+    abstract methods. ``image_size`` is the side S of the square (N, 3, S, S) input in [-1, 1].
     """
 
     kind: ClassVar[str]
+    map_kinds: ClassVar[tuple[str, ...]]  # the score.map values it scores with; the first is what auto picks
     onnx_outputs: ClassVar[tuple[str, ...]] = MAP_OUTPUTS
     image_size: int
+
+    # -- its params -------------------------------------------------------------------------------
+    @classmethod
+    def param_problems(cls, params: Params) -> list[str]:
+        """This kind's own rules on ``params.yaml``, as messages naming the key (empty: none broken)."""
+        return []
+
+    @classmethod
+    def map_kind(cls, requested: str) -> str:
+        """``score.map`` with ``auto`` resolved for this kind; ``ValueError`` if it does not score with it.
+
+        >>> from anomaly_spotter.detectors import DETECTORS
+        >>> DETECTORS["patchcore"].map_kind("auto"), DETECTORS["reconstruction"].map_kind("l2")
+        ('distance', 'l2')
+        """
+        if requested == "auto":
+            return cls.map_kinds[0]
+        if requested not in cls.map_kinds:
+            raise ValueError(f"score.map is {requested!r} but model.kind {cls.kind} scores with {', '.join(('auto', *cls.map_kinds))}")
+        return requested
 
     # -- building and fitting -----------------------------------------------------------------
     @classmethod
@@ -100,16 +100,7 @@ class Detector(nn.Module, ABC):
     def architecture(self) -> dict[str, Any]:
         """What :meth:`from_architecture` needs; stored in ``model.pt``. Has ``"kind"``."""
 
-    @classmethod
-    @abstractmethod
-    def fit(cls, data: ProcessedCategory, params: Params, run: FitRun) -> FitResult:
-        """Build, fit on ``data.train`` (``data.val`` for model selection) and write ``run.model_path``."""
-
     # -- scoring --------------------------------------------------------------------------------
-    def map_kind(self, requested: str) -> str:
-        """``score.map`` with ``auto`` resolved for this kind (``config.MAP_KINDS``); ``ValueError`` if unsupported."""
-        return resolve_map_kind(self.kind, requested)
-
     @abstractmethod
     def anomaly_maps(self, images: torch.Tensor, output: Any, config: ScoreConfig) -> torch.Tensor:
         """Anomaly maps (N, S, S) float32 from images (N, 3, S, S) and ``self(images)``; higher = more anomalous."""
@@ -134,7 +125,7 @@ class Detector(nn.Module, ABC):
 class GradientDetector(Detector):
     """A detector fitted by gradient descent: the one trainer runs it with :meth:`training_loss`.
 
-    The trainer (:mod:`anomaly_spotter.training`) owns epochs, checkpoints, resume, DDP and
+    The trainer (:mod:`anomaly_spotter.training.loop`) owns epochs, checkpoints, resume, DDP and
     logging; the detector owns its networks and its loss.
     """
 
@@ -148,11 +139,30 @@ class GradientDetector(Detector):
         batch-level sums under DDP (None in one process). The loss is computed in float32.
         """
 
-    @classmethod
-    def fit(cls, data: ProcessedCategory, params: Params, run: FitRun) -> FitResult:
-        if run.train_by_gradient is None:
-            raise TypeError(f"model.kind {cls.kind} is trained by gradient: FitRun.train_by_gradient is required")
-        return run.train_by_gradient(cls, data, params, run)
+
+class MemoryBankDetector(Detector):
+    """A detector that keeps a memory bank of its training patches' features (PatchCore).
+
+    :mod:`anomaly_spotter.training.memory_bank` extracts every training patch with
+    :meth:`extract`, keeps a coreset of ``model.coreset_ratio`` of them and hands it to
+    :meth:`set_memory_bank`.
+    """
+
+    memory_bank: torch.Tensor  # (K, D) float32 buffer
+    weights_file: str  # the pretrained network's file name and SHA-256, recorded in model.pt
+    weights_sha256: str
+
+    @abstractmethod
+    def extract(self, images: np.ndarray, batch_size: int, device: torch.device | None = None) -> torch.Tensor:
+        """Patch features (M, D) float32 of uint8 images (N, S, S, 3), one row per patch."""
+
+    @abstractmethod
+    def set_memory_bank(self, bank: torch.Tensor) -> None:
+        """Keep ``bank`` (K, D) as the memory bank."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A few words for the train stage's summary line, e.g. ``"efficientnet_lite2 [2, 3]"``."""
 
 
 def save_model_file(path: Path, state_dict: dict[str, torch.Tensor], architecture: dict[str, Any], **extra: Any) -> None:

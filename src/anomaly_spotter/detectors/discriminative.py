@@ -3,7 +3,7 @@
 The reconstruction autoencoder (:mod:`anomaly_spotter.detectors.autoencoder`) turns an image into its
 "normal" version; :class:`SegmentationHead` looks at both side by side and predicts, per pixel,
 whether the two differ because of a defect. It is trained on synthetic anomalies
-(:mod:`anomaly_spotter.pasted_anomalies`) with :class:`SegmentationLoss`.
+(:mod:`anomaly_spotter.training.pasted_anomalies`) with :class:`SegmentationLoss`.
 
 Shapes for a 128 px input, ``base_channels=16``, ``depth=3``::
 
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_spotter.anomaly_map import head_map
+from anomaly_spotter.detectors.anomaly_map import head_map
 from anomaly_spotter.config import LossConfig, ModelConfig, ScoreConfig
 from anomaly_spotter.detectors.autoencoder import AutoencoderUNetLite, double_conv, reconstruction_map
 from anomaly_spotter.detectors.base import RECONSTRUCTING_OUTPUTS, GradientDetector
@@ -200,7 +200,17 @@ class DiscriminativeDetector(GradientDetector):
     """
 
     kind = "discriminative"
+    map_kinds = ("head", "l2", "ssim", "combined")  # the head's map first; the reconstruction's for comparison
     onnx_outputs = RECONSTRUCTING_OUTPUTS
+
+    @classmethod
+    def param_problems(cls, params: Params) -> list[str]:
+        problems = []
+        if params.anomalies.probability <= 0:
+            problems.append("anomalies.probability: model.kind discriminative learns from synthetic anomalies; set it > 0 (e.g. 0.5)")
+        if params.loss.focal + params.loss.dice <= 0:
+            problems.append("loss: model.kind discriminative needs focal or dice > 0")
+        return problems
 
     def __init__(self, reconstructor: AutoencoderUNetLite, head: SegmentationHead) -> None:
         super().__init__()

@@ -2,11 +2,12 @@
 
 Roth et al., "Towards Total Recall in Industrial Anomaly Detection" (CVPR 2022). Nothing is
 trained: a frozen ImageNet backbone (:mod:`anomaly_spotter.detectors.backbones`) describes every
-patch of every normal training image, a greedy coreset keeps ``model.coreset_ratio`` of those
-descriptions as the memory bank, and a test patch is as anomalous as it is far from its nearest
-bank vector.
+patch of every normal training image, a greedy coreset (:mod:`anomaly_spotter.detectors.coreset`)
+keeps ``model.coreset_ratio`` of those descriptions as the memory bank, and a test patch is as
+anomalous as it is far from its nearest bank vector. The bank is built by
+:mod:`anomaly_spotter.training.memory_bank`.
 
-Shapes for a 256 px input, ``efficientnet_lite0``, ``layers=(2, 3)``, ``neighbourhood=3``::
+Shapes for a 256 px input, ``efficientnet_lite0``, ``layers=(2, 3)``, ``patch_window=3``::
 
     images        (N, 3, 256, 256)   in [-1, 1]
     level 2       (N, 40, 32, 32)    stride 8  -> 3x3 average (stride 1, zero "same" padding)
@@ -40,211 +41,40 @@ Example:
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly_spotter import anomaly_map
-from anomaly_spotter.config import ScoreConfig
+from anomaly_spotter.detectors import anomaly_map
 from anomaly_spotter.detectors.backbones import FeatureExtractor, weight_file
-from anomaly_spotter.detectors.base import MAP_OUTPUTS, Detector, FitResult, FitRun, save_model_file
-from anomaly_spotter.errors import UserError
+from anomaly_spotter.detectors.base import MAP_OUTPUTS, MemoryBankDetector
+from anomaly_spotter.tensors import to_tensor
 
 if TYPE_CHECKING:
-    from anomaly_spotter.config import Params
-    from anomaly_spotter.processed import ProcessedCategory
+    from anomaly_spotter.config import Params, ScoreConfig
 
 GRID_STRIDE = 8  # every level is resized to the stride-8 grid: one descriptor per 8x8 px patch
-PROJECTION_DIM = 128  # the greedy coreset compares patches in a random projection this wide (paper: 128)
-CANDIDATES = 256  # patches the greedy search tries per pass (see _greedy_indices: exact, just batched)
-CENTRES_PER_PASS = 64  # most centres chosen per pass: batches the distance update into a GEMM
-ROW_CHUNK = 65536  # patches per distance block in the coreset: bounds memory to ~17 MB per block
 BANK_CHUNK = 2048  # bank vectors per distance block when scoring
 QUERY_CHUNK = 2048  # patches per distance block in eager mode: a 2048 x 2048 block (16 MB) stays in cache
 # Images per backbone call in eager mode, as pixels: 2 images of 256 px. The activations of a few
 # images stay in cache; on 2 cores lite0 ran 211 images/s in pairs but 56 in batches of 32.
 FEATURE_PIXELS = 2 * 256 * 256
-RADIUS_CHUNK = 4096  # patches per exact nearest-neighbour block in coverage_radius
-GROWTH_POINTS = 50  # points of the logged coreset-growth curve: enough to see where it flattens
-SAMPLE_IMAGES = 4  # validation images in the logged map grid, as the autoencoders' reconstruction grid
 # Border cells average in the zero padding (as anomalib does): measured on magnetic_tile, averaging
 # only the cells that exist lost 0.02-0.04 image AUROC and 0.025 pixel AUROC (bench/patchcore_tuning.py).
 COUNT_BORDER_ZEROS = True
 
 
-# -- greedy coreset ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Coreset:
-    """A greedy k-center coreset of a feature set."""
-
-    indices: torch.Tensor  # (K,) int64 rows of the features, in the order the greedy chose them
-    radius: float  # max over all features of the distance to their nearest kept row (full space, exact)
-    growth: tuple[float, ...] = ()  # covering radius (in the projection) after 1, 2, ... K-1 centres
-
-
-def sparse_projection(dim_in: int, dim_out: int, generator: torch.Generator) -> torch.Tensor:
-    """A (dim_in, dim_out) very sparse random projection (Li, Hastie & Church 2006).
-
-    Entries are ``±sqrt(s / dim_out)`` with probability ``1 / (2 s)`` each and 0 otherwise,
-    ``s = sqrt(dim_in)``: squared distances are preserved in expectation (Johnson-Lindenstrauss)
-    at a fraction of a dense projection's cost.
-
-    >>> p = sparse_projection(400, 128, torch.Generator().manual_seed(0))
-    >>> tuple(p.shape), sorted(set(p.unique().abs().tolist()))[:1]
-    ((400, 128), [0.0])
-    """
-    s = math.sqrt(dim_in)
-    u = torch.rand(dim_in, dim_out, generator=generator, dtype=torch.float64)
-    signs = (u < 0.5 / s).double() - (u > 1.0 - 0.5 / s).double()
-    return (signs * math.sqrt(s / dim_out)).float()
-
-
-def coreset_size(count: int, ratio: float) -> int:
-    """Bank size for ``count`` patches: ``ceil(ratio * count)``, at least 1, at most ``count``.
-
-    >>> coreset_size(1000, 0.01), coreset_size(50, 0.01), coreset_size(7, 1.0)
-    (10, 1, 7)
-    """
-    return max(1, min(count, math.ceil(ratio * count - 1e-9)))  # epsilon: 0.07 * 100 is 7.000000000000001
-
-
-def _greedy_indices(z: torch.Tensor, k: int, start: int, radii: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy k-center on rows of ``z`` (N, P) from row ``start``: (chosen (k,), nearest chosen (N,)).
-
-    The textbook loop picks ``argmax(d)`` and then updates ``d = min(d, |z - c|)`` for all N rows:
-    one memory-bound pass over z per centre (~30 ms for 580k x 128 floats here, 3 min for 1%).
-    This gives the same centres in a few big GEMMs: ``d`` only ever decreases, so once the
-    top-M rows are known, every other row's distance is at most the (M+1)-th value ``tau``.
-    The greedy therefore continues exactly on the M candidates alone (updating just their
-    distances) for as long as its best candidate is still >= ``tau``; then all N rows are
-    updated at once with the centres chosen in that pass (one N x j GEMM). Already chosen rows
-    are set to -inf so that duplicate patches are never chosen twice.
-
-    ``radii``, when given, receives each chosen centre's distance to the ones chosen before it
-    (after the first): the greedy's covering radius in the projection as the coreset grows.
-    """
-    n = z.shape[0]
-    sq = z.square().sum(1)  # (N,) squared norms: |a - b|^2 = |a|^2 - 2 a.b + |b|^2
-    dist = torch.full((n,), math.inf, dtype=z.dtype, device=z.device)  # squared distance to nearest centre
-    nearest = torch.zeros(n, dtype=torch.long, device=z.device)  # index into `chosen`
-    chosen: list[int] = []
-    new = [start]
-    while True:
-        centres = z[new]  # (j, P)
-        offset = len(chosen)
-        for lo in range(0, n, ROW_CHUNK):
-            rows = slice(lo, lo + ROW_CHUNK)
-            block = torch.addmm(sq[new].unsqueeze(0), z[rows], centres.T, alpha=-2.0)  # (rows, j) = |c|^2 - 2 z.c
-            best, which = block.min(dim=1)
-            best += sq[rows]
-            closer = best < dist[rows]
-            dist[rows] = torch.where(closer, best, dist[rows])
-            nearest[rows] = torch.where(closer, which + offset, nearest[rows])
-        chosen += new
-        dist[new] = -math.inf  # chosen: never again, even if a duplicate row ties at distance 0
-        if len(chosen) >= k:
-            return torch.tensor(chosen, dtype=torch.long), nearest
-        m = min(CANDIDATES, n - len(chosen))  # m + 1 <= n: the (m+1)-th is a real row or a chosen one (-inf)
-        top_values, top = torch.topk(dist, m + 1)
-        tau = float(top_values[m])  # no row outside `top[:m]` is farther than this
-        values, top = top_values[:m].clone(), top[:m]
-        zc, sqc = z[top], sq[top]  # (M, P), (M,)
-        new = []
-        while len(new) < min(CENTRES_PER_PASS, k - len(chosen)):
-            i = int(values.argmax())
-            if float(values[i]) < tau:
-                break  # a row outside the candidates may be farther now: update everything first
-            new.append(int(top[i]))
-            if radii is not None:
-                radii.append(math.sqrt(max(float(values[i]), 0.0)))
-            step = torch.addmv(sqc, zc, zc[i], alpha=-2.0).add_(sqc[i])  # (M,) squared distances to it
-            values = torch.minimum(values, step)
-            values[i] = -math.inf
-
-
-def coverage_radius(features: torch.Tensor, bank: torch.Tensor, nearest: torch.Tensor | None = None) -> float:
-    """max over rows of ``features`` (N, D) of the Euclidean distance to the nearest row of ``bank`` (K, D).
-
-    Exact (float64 distances), without an N x K pass when ``nearest`` (N,) gives, for each row, a
-    bank row that is close to it (the coreset's assignment): ``|x - bank[nearest[x]]|`` bounds
-    each row's true distance from above, so only the rows whose bound exceeds the largest exact
-    distance found so far are checked against the whole bank, in decreasing order of bound.
-
-    >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]])
-    >>> coverage_radius(x, x[:1])
-    5.0
-    """
-    if nearest is None:
-        nearest = torch.zeros(features.shape[0], dtype=torch.long, device=features.device)
-    bounds = torch.zeros(features.shape[0], dtype=torch.float32, device=features.device)
-    for lo in range(0, features.shape[0], ROW_CHUNK):
-        rows = slice(lo, lo + ROW_CHUNK)
-        bounds[rows] = torch.linalg.vector_norm(features[rows] - bank[nearest[rows]], dim=1)
-    order = torch.argsort(bounds, descending=True, stable=True)
-    bank64 = bank.double()
-    bank_sq = bank64.square().sum(1)
-    radius = 0.0
-    slack = 1.0 + 1e-5  # the float32 bounds may sit a few ulps below the float64 truth
-    for lo in range(0, len(order), RADIUS_CHUNK):
-        if float(bounds[order[lo]]) * slack <= radius:
-            break
-        x = features[order[lo : lo + RADIUS_CHUNK]].double()  # (chunk, D)
-        d2 = torch.addmm(bank_sq.unsqueeze(0), x, bank64.T, alpha=-2.0).add_(x.square().sum(1, keepdim=True))
-        radius = max(radius, float(d2.amin(1).clamp_min(0.0).sqrt().max()))
-    return radius
-
-
-def greedy_coreset(features: torch.Tensor, ratio: float, seed: int, *, projection_dim: int = PROJECTION_DIM) -> Coreset:
-    """The PatchCore coreset: greedy k-center (Gonzalez 1985) of ``features`` (N, D), K = ``coreset_size``.
-
-    Deterministic given ``seed``: the first centre is a seeded random row, and distances are
-    measured in a seeded :func:`sparse_projection` to ``projection_dim`` dimensions (none when
-    D <= ``projection_dim``). Each step adds the row farthest from all chosen ones, so every
-    row ends within the returned radius (computed exactly, in the full D dimensions) of the
-    bank. Cost: about N * K * ``projection_dim`` multiply-adds, in GEMMs; memory linear in N.
-
-    >>> x = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
-    >>> core = greedy_coreset(x, 0.1, seed=0)
-    >>> len(core.indices), len(set(core.indices.tolist()))
-    (50, 50)
-    >>> bool(torch.cdist(x, x[core.indices]).amin(1).max() <= core.radius + 1e-5)
-    True
-    """
-    if features.ndim != 2 or features.shape[0] == 0:
-        raise ValueError(f"features must be a non-empty (N, D) matrix, got shape {tuple(features.shape)}")
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
-    n, dim = features.shape
-    k = coreset_size(n, ratio)
-    if k == n:
-        return Coreset(torch.arange(n), 0.0)
-    generator = torch.Generator().manual_seed(int(seed))
-    start = int(torch.randint(n, (1,), generator=generator))
-    features = features.float()
-    if dim > projection_dim:
-        projected = features @ sparse_projection(dim, projection_dim, generator).to(features.device)  # (N, P)
-    else:
-        projected = features
-    growth: list[float] = []
-    indices, nearest = _greedy_indices(projected, k, start, growth)
-    indices = indices.to(features.device)
-    return Coreset(indices.cpu(), coverage_radius(features, features[indices], nearest), tuple(growth))
-
-
-# -- the detector -----------------------------------------------------------------------------------
-class PatchCore(Detector):
+class PatchCore(MemoryBankDetector):
     """PatchCore over a frozen backbone; see the module docstring for the shapes.
 
     Args:
         backbone: one of :data:`anomaly_spotter.config.BACKBONES`.
         layers: feature levels (level k at stride 2**(k+1)), e.g. (2, 3).
         image_size: input side S (the backbone's padding is fixed for it).
-        neighbourhood: odd side of the average that aggregates each level's features over
+        patch_window: odd side of the average that aggregates each level's features over
             neighbouring cells (stride 1, same padding, border cells average what exists).
         num_neighbours: b of the paper's image-score reweighting; 0 or 1 = plain score.
         bank_size: rows of the memory bank buffer (0 until fitted; from ``model.pt`` when loading).
@@ -254,6 +84,7 @@ class PatchCore(Detector):
     """
 
     kind: ClassVar[str] = "patchcore"
+    map_kinds: ClassVar[tuple[str, ...]] = ("distance",)
     onnx_outputs: ClassVar[tuple[str, ...]] = MAP_OUTPUTS
 
     def __init__(
@@ -262,7 +93,7 @@ class PatchCore(Detector):
         layers: Sequence[int],
         image_size: int,
         *,
-        neighbourhood: int = 3,
+        patch_window: int = 3,
         num_neighbours: int = 9,
         bank_size: int = 0,
         pretrained: bool = True,
@@ -270,10 +101,6 @@ class PatchCore(Detector):
         weights_sha256: str = "",
     ) -> None:
         super().__init__()
-        if neighbourhood < 1 or neighbourhood % 2 == 0:
-            raise UserError(f"model.neighbourhood must be an odd number >= 1 (a window centred on each cell), got {neighbourhood}")
-        if num_neighbours < 0:
-            raise UserError(f"model.num_neighbours must be >= 0, got {num_neighbours}")
         self.backbone = FeatureExtractor(backbone, layers, image_size=image_size, pretrained=pretrained)
         if pretrained:
             weights = weight_file(backbone)  # cached: the extractor just read (and hashed) it
@@ -281,7 +108,7 @@ class PatchCore(Detector):
         self.backbone_name = backbone
         self.layers = self.backbone.levels
         self.image_size = int(image_size)
-        self.neighbourhood = int(neighbourhood)
+        self.patch_window = int(patch_window)
         self.num_neighbours = int(num_neighbours)
         self.weights_file = weights_file
         self.weights_sha256 = weights_sha256
@@ -299,13 +126,23 @@ class PatchCore(Detector):
 
     # -- building -------------------------------------------------------------------------------
     @classmethod
+    def param_problems(cls, params: Params) -> list[str]:
+        model, problems = params.model, []
+        if model.patch_window % 2 == 0:
+            problems.append(f"model.patch_window: must be odd (a window centred on each feature cell), got {model.patch_window}")
+        layers = model.layers
+        if not layers or any(level not in (1, 2, 3, 4) for level in layers) or len(set(layers)) != len(layers):
+            problems.append(f"model.layers: list distinct feature levels from 1-4 (level k at stride 2**(k+1)), got {list(layers)}")
+        return problems
+
+    @classmethod
     def from_params(cls, params: Params) -> PatchCore:
         model = params.model
         return cls(
             model.backbone,
             model.layers,
             params.preprocess.image_size,
-            neighbourhood=model.neighbourhood,
+            patch_window=model.patch_window,
             num_neighbours=model.num_neighbours,
         )
 
@@ -317,7 +154,7 @@ class PatchCore(Detector):
             arch["backbone"],
             arch["layers"],
             arch["image_size"],
-            neighbourhood=arch["neighbourhood"],
+            patch_window=arch["patch_window"] if "patch_window" in arch else arch["neighbourhood"],  # older model.pt
             num_neighbours=arch["num_neighbours"],
             bank_size=arch["bank_size"],
             pretrained=False,
@@ -334,7 +171,7 @@ class PatchCore(Detector):
             "kind": self.kind,
             "backbone": self.backbone_name,
             "layers": [int(level) for level in self.layers],
-            "neighbourhood": self.neighbourhood,
+            "patch_window": self.patch_window,
             "num_neighbours": self.num_neighbours,
             "image_size": self.image_size,
             "feature_dim": self.feature_dim,
@@ -342,6 +179,9 @@ class PatchCore(Detector):
             "weights_file": self.weights_file,
             "weights_sha256": self.weights_sha256,
         }
+
+    def describe(self) -> str:
+        return f"{self.backbone_name} {list(self.layers)}"
 
     def set_memory_bank(self, bank: torch.Tensor) -> None:
         """Replace the memory bank with ``bank`` (K, feature_dim), stored as float32."""
@@ -363,7 +203,7 @@ class PatchCore(Detector):
 
     def _patch_features(self, images: torch.Tensor) -> torch.Tensor:
         grid = (self.grid_size, self.grid_size)
-        k = self.neighbourhood
+        k = self.patch_window
         levels = []
         for feature in self.backbone(images):  # (N, C_l, S / stride_l, ...)
             if k > 1:
@@ -460,8 +300,6 @@ class PatchCore(Detector):
     @torch.inference_mode()
     def extract(self, images: np.ndarray, batch_size: int, device: torch.device | None = None) -> torch.Tensor:
         """Patch features (N * g * g, D) float32 of uint8 images (N, S, S, 3), row = (image, y, x)."""
-        from anomaly_spotter.data import to_tensor
-
         device = device or self.memory_bank.device
         count, g = len(images), self.grid_size
         out = torch.empty(count * g * g, self.feature_dim, device=device)
@@ -471,108 +309,5 @@ class PatchCore(Detector):
             out[lo * g * g : (lo + len(x)) * g * g] = features.permute(0, 2, 3, 1).reshape(-1, self.feature_dim)
         return out
 
-    @classmethod
-    def fit(cls, data: ProcessedCategory, params: Params, run: FitRun) -> FitResult:
-        """Extract the train patches, keep a greedy coreset as the bank, write ``model.pt`` and DVCLive.
 
-        ``model.pt`` is byte-identical for identical data and params (fit timings go to DVCLive
-        and the result's details, not into the file).
-        """
-        from dvclive import Live  # deferred: only fitting logs
-
-        from anomaly_spotter.runtime import kernel_record, seed_everything, select_device
-        from anomaly_spotter.scoring import score_images
-
-        started = time.perf_counter()
-        seed_everything(params.train.seed, params.train.num_threads)
-        if data.image_size != params.preprocess.image_size:
-            raise UserError(f"{data.root} holds {data.image_size} px images but preprocess.image_size is {params.preprocess.image_size}; re-run the preprocess stage")
-        if len(data.train) == 0:
-            raise UserError(f"{data.root}: no training images; patchcore needs normal images in train/good")
-        device = select_device(params.train.device)
-        detector = cls.from_params(params).to(device).eval()
-        batch_size = params.score.batch_size
-
-        tick = time.perf_counter()
-        features = detector.extract(data.train, batch_size, device)  # (N_train * g * g, D)
-        extract_seconds = time.perf_counter() - tick
-        tick = time.perf_counter()
-        coreset = greedy_coreset(features, params.model.coreset_ratio, params.train.seed)
-        coreset_seconds = time.perf_counter() - tick
-        detector.set_memory_bank(features[coreset.indices.to(features.device)])
-        train_patches = int(features.shape[0])
-        del features
-
-        bank_size = int(detector.memory_bank.shape[0])
-        radius = float(coreset.radius)
-        extra = {
-            "bank_size": bank_size,
-            "train_patches": train_patches,
-            "coverage_radius": radius,
-            "backbone_file": detector.weights_file,
-            "backbone_sha256": detector.weights_sha256,
-            "trained_with": kernel_record(device, None),
-        }
-        state = {name: tensor.detach().cpu() for name, tensor in detector.state_dict().items()}
-        save_model_file(run.model_path, state, detector.architecture(), **extra)
-        fit_seconds = time.perf_counter() - started
-
-        validation = score_images(detector, data.val, params.score)  # as the thresholds stage scores them
-        val_maps, val_scores = validation.maps, validation.scores
-        summary = {
-            "fit_seconds": fit_seconds,
-            "extract_seconds": extract_seconds,
-            "coreset_seconds": coreset_seconds,
-            "bank_size": bank_size,
-            "train_patches": train_patches,
-            "coverage_radius": radius,
-        }
-        if len(val_scores):
-            summary["val_score_mean"] = float(val_scores.mean())
-            summary["val_score_max"] = float(val_scores.max())
-        live = Live(str(run.log_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-        try:
-            live.log_params({"backbone_file": detector.weights_file, "backbone_sha256": detector.weights_sha256})
-            # The plot a bank size is chosen by: how the covering radius shrinks as centres are added.
-            for size, radius_at in _growth_points(coreset.growth):
-                live.step = size
-                live.log_metric("coreset/radius", radius_at)
-            live.log_image("validation_maps.png", _map_grid(data.val[:SAMPLE_IMAGES], val_maps[:SAMPLE_IMAGES]))
-            for name, value in summary.items():
-                live.log_metric(name, value, plot=False)
-        finally:
-            live.end()
-        line = (
-            f"patchcore {detector.backbone_name} {list(detector.layers)}: bank {bank_size} of {train_patches} patches "
-            f"({params.model.coreset_ratio:g}), coverage radius {radius:.3g}, fit {fit_seconds:.1f} s "
-            f"(features {extract_seconds:.1f} s, coreset {coreset_seconds:.1f} s)"
-        )
-        return FitResult(written=True, summary=line, details={**summary, "backbone_file": detector.weights_file, "backbone_sha256": detector.weights_sha256})
-
-
-def _growth_points(growth: Sequence[float], points: int = GROWTH_POINTS) -> list[tuple[int, float]]:
-    """(bank size, covering radius) at about ``points`` evenly spaced sizes, the last included.
-
-    ``growth[i]`` is the radius once ``i + 1`` centres were chosen (the next centre's distance).
-
-    >>> _growth_points([4.0, 3.0, 2.0, 1.0], points=2)
-    [(2, 3.0), (4, 1.0)]
-    """
-    if not growth:
-        return []
-    count = len(growth)
-    sizes = sorted({max(1, round(count * (i + 1) / points)) for i in range(points)})
-    return [(size, float(growth[size - 1])) for size in sizes]
-
-
-def _map_grid(images: np.ndarray, maps: np.ndarray) -> np.ndarray:
-    """Images (k, S, S, 3) uint8 on top, their anomaly maps below (jet, shared scale): uint8 (2S, kS, 3)."""
-    import cv2
-
-    top = np.concatenate(list(images), axis=1)
-    scaled = np.clip(np.concatenate(list(maps), axis=1) / max(float(maps.max()), 1e-12), 0.0, 1.0)
-    bottom = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]  # BGR -> RGB
-    return np.concatenate([top, bottom], axis=0)
-
-
-__all__ = ["Coreset", "PatchCore", "coreset_size", "coverage_radius", "greedy_coreset", "sparse_projection"]
+__all__ = ["PatchCore"]

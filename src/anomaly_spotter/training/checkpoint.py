@@ -27,7 +27,7 @@ from anomaly_spotter.config import Params, to_dict
 from anomaly_spotter.fileio import atomic_open
 
 if TYPE_CHECKING:
-    from anomaly_spotter.processed import ProcessedCategory
+    from anomaly_spotter.dataset.processed import ProcessedCategory
 
 CHECKPOINT_NAME = "last.pt"
 FORMAT_VERSION = 1

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomaly_spotter.data import to_uint8
+from anomaly_spotter.tensors import to_uint8
 from anomaly_spotter.fileio import write_json
 
 LOSS_CURVE = "loss_curve.json"

@@ -9,14 +9,14 @@ What a reader should know:
 
 * Every random choice derives from ``train.seed``: weights from ``torch.manual_seed``, the batch
   order of epoch ``e`` from a generator seeded with ``(seed, e)``, and each augmentation from
-  ``(seed, e, index)`` (see :mod:`anomaly_spotter.data`). Deterministic algorithms and a fixed
+  ``(seed, e, index)`` (see :mod:`anomaly_spotter.training.datasets`). Deterministic algorithms and a fixed
   thread count make the bytes of the model file repeatable on one machine.
 * After every epoch a checkpoint is written; a killed run resumes from it and ends with the
   same bytes as an uninterrupted run, because nothing random depends on process state.
 * A non-finite loss or gradient stops training with an error naming the epoch and batch; no
   model file is written then.
 * Under ``torchrun`` (or ``train.processes > 1``) the same loop runs data-parallel with DDP;
-  see :mod:`anomaly_spotter.distributed` for how it stays equivalent to one process. Only
+  see :mod:`anomaly_spotter.training.distributed` for how it stays equivalent to one process. Only
   rank 0 writes checkpoints, logs and the model.
 
 Example:
@@ -36,20 +36,21 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from anomaly_spotter import distributed
-from anomaly_spotter.augment import build_augmentations
+from anomaly_spotter.training import distributed
+from anomaly_spotter.training.augment import build_augmentations
 from anomaly_spotter.config import Params
-from anomaly_spotter.data import AnomalyDataset
-from anomaly_spotter.detectors.base import FitResult, FitRun, GradientDetector, save_model_file
+from anomaly_spotter.training.datasets import AnomalyDataset
+from anomaly_spotter.detectors.base import GradientDetector, save_model_file
+from anomaly_spotter.training.run import FitResult, FitRun
 from anomaly_spotter.errors import TrainingError, UserError
-from anomaly_spotter.pasted_anomalies import AnomalyGenerator
+from anomaly_spotter.training.pasted_anomalies import AnomalyGenerator
 from anomaly_spotter.runtime import autocast_dtype, kernel_record, seed_everything, select_device
 from anomaly_spotter.training.checkpoint import CHECKPOINT_NAME, RunState, fingerprint, save_checkpoint, try_resume
 from anomaly_spotter.training.logs import log_epoch, open_log, quiet, sample_grid
 from anomaly_spotter.training.optim import make_optimizer, make_scheduler, step_scheduler
 
 if TYPE_CHECKING:
-    from anomaly_spotter.processed import ProcessedCategory
+    from anomaly_spotter.dataset.processed import ProcessedCategory
 
 # TEST-ONLY hook (tests/test_faults.py): set to a file path, the loop writes that file after each
 # checkpoint and then waits to be killed, so a test interrupts the run at a known point instead
@@ -275,6 +276,6 @@ class Trainer:
 
 
 def train_by_gradient(detector_class: type[GradientDetector], data: ProcessedCategory, params: Params, run: FitRun) -> FitResult:
-    """Train ``detector_class`` on ``data`` and write ``run.model_path`` (what :class:`FitRun` injects)."""
+    """Train ``detector_class`` on ``data`` and write ``run.model_path``."""
     trainer = Trainer(detector_class, params, data, checkpoint_dir=run.checkpoint_dir, log_dir=run.log_dir, progress=run.progress)
     return trainer.fit(Path(run.model_path))

@@ -72,13 +72,13 @@ import torch
 from torch import nn
 
 from anomaly_spotter.config import ScoreConfig
-from anomaly_spotter.data import to_tensor
+from anomaly_spotter.tensors import to_tensor
 from anomaly_spotter.detectors import load_model
 from anomaly_spotter.detectors.autoencoder import AutoencoderUNetLite  # noqa: F401  (docstring examples)
 from anomaly_spotter.detectors.base import Detector
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.fileio import write_bytes, write_json
-from anomaly_spotter.processed import load_processed
+from anomaly_spotter.dataset.processed import load_processed
 from anomaly_spotter.scoring import output_maps, score_images
 
 OPSET = 17

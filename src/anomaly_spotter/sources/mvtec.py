@@ -17,7 +17,7 @@ A category comes from, in order of preference:
    download there is reused). ``mirror`` replaces the official base URL of both shares.
 
 Only the category's members are extracted (reading stops after them), into a temporary folder
-beside ``dest``; the result is validated with :mod:`anomaly_spotter.layout` and then swapped in,
+beside ``dest``; the result is validated with :mod:`anomaly_spotter.dataset.layout` and then swapped in,
 so a failure leaves ``dest`` as it was and no temporary folder behind.
 
 Example:
@@ -31,10 +31,33 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from anomaly_spotter.archives import DatasetArchive, download_with_advice, extract_category, move_layout_folders, obtain_archive
-from anomaly_spotter.categories import MVTEC_CATEGORIES, did_you_mean
-from anomaly_spotter.errors import FetchError, UserError
+from anomaly_spotter.sources.archives import DatasetArchive, download_with_advice, extract_category, move_layout_folders, obtain_archive
+from anomaly_spotter.errors import FetchError, UserError, did_you_mean
+from anomaly_spotter.sources.source import Source
+
+if TYPE_CHECKING:
+    from anomaly_spotter.config import DataConfig
+
+# MVTec AD's 15 categories (shared/reference/mvtec_ad.md).
+CATEGORIES: tuple[str, ...] = (
+    "bottle",
+    "cable",
+    "capsule",
+    "carpet",
+    "grid",
+    "hazelnut",
+    "leather",
+    "metal_nut",
+    "pill",
+    "screw",
+    "tile",
+    "toothbrush",
+    "transistor",
+    "wood",
+    "zipper",
+)
 
 
 BASE_URL = "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
@@ -84,11 +107,11 @@ def check_category_names(names: Iterable[str]) -> None:
     """
     unknown = []
     for name in names:
-        if name not in MVTEC_CATEGORIES:
-            unknown.append(f"{name!r}{did_you_mean(name, MVTEC_CATEGORIES)}")
+        if name not in CATEGORIES:
+            unknown.append(f"{name!r}{did_you_mean(name, CATEGORIES)}")
     if unknown:
         plural = "categories" if len(unknown) > 1 else "category"
-        raise UserError(f"data.categories: unknown MVTec AD {plural} {', '.join(unknown)}; valid names: {', '.join(MVTEC_CATEGORIES)}")
+        raise UserError(f"data.categories: unknown MVTec AD {plural} {', '.join(unknown)}; valid names: {', '.join(CATEGORIES)}")
 
 
 def _url(base: str, path: str, mirror: str | None) -> str:
@@ -159,3 +182,17 @@ def fetch_mvtec_category(
         min_train_images=min_train_images,
         missing_hint=_missing_hint(category),
     )
+
+
+def _fetch(category: str, dest: Path, config: DataConfig) -> None:
+    fetch_mvtec_category(
+        category,
+        dest,
+        mirror=config.mirror or None,
+        archive=Path(config.archive) if config.archive else None,
+        cache_dir=Path(config.cache_dir),
+        min_train_images=config.min_train_images,
+    )
+
+
+SOURCE = Source("mvtec", CATEGORIES, _fetch)

@@ -1,6 +1,6 @@
 """Importing a category from a local folder in MVTec AD layout (``data.source: folder``).
 
-The folder is validated first (every problem listed at once, see :mod:`anomaly_spotter.layout`),
+The folder is validated first (every problem listed at once, see :mod:`anomaly_spotter.dataset.layout`),
 then its images and masks are copied byte for byte: no re-encoding, so a PNG, JPEG, BMP or
 TIFF keeps its exact bytes and DVC records the same hashes as the source. Hidden files and
 OS clutter are not copied. The copy is built beside ``dest`` and swapped in at the end, so a
@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from anomaly_spotter.errors import UserError
 from anomaly_spotter.fileio import staging_dir
-from anomaly_spotter.layout import list_category, validate_category
+from anomaly_spotter.dataset.layout import list_category, validate_category
+from anomaly_spotter.sources.source import Source
+
+if TYPE_CHECKING:
+    from anomaly_spotter.config import DataConfig
 
 
 def import_folder_category(source_dir: str | Path, dest: str | Path, *, min_train_images: int) -> None:
@@ -35,3 +41,12 @@ def import_folder_category(source_dir: str | Path, dest: str | Path, *, min_trai
             # copyfile, not copy2: only the bytes matter to DVC, and copying the source's
             # permissions could make the output read-only.
             shutil.copyfile(path, target)
+
+
+def _fetch(category: str, dest: Path, config: DataConfig) -> None:
+    if not config.root:
+        raise UserError("data.source is 'folder' but data.root is empty; set it to the folder holding <category>/ sub-folders")
+    import_folder_category(Path(config.root) / category, dest, min_train_images=config.min_train_images)
+
+
+SOURCE = Source("folder", None, _fetch)

@@ -25,13 +25,28 @@ import csv
 import os
 from pathlib import Path, PurePosixPath
 
-from anomaly_spotter.archives import Dataset, DatasetArchive, write_union_mask
-from anomaly_spotter.categories import VISA_CATEGORIES
+from anomaly_spotter.sources.archives import Dataset, DatasetArchive, archive_source, write_union_mask
 from anomaly_spotter.errors import DataError
 
 SPLIT_CSV = "split_csv/1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")
 DEFECT = "bad"  # the folder name of VisA's one anomaly class (as anomalib names it too)
+
+# Its categories (shared/reference/datasets.md).
+CATEGORIES: tuple[str, ...] = (
+    "candle",
+    "capsules",
+    "cashew",
+    "chewinggum",
+    "fryum",
+    "macaroni1",
+    "macaroni2",
+    "pcb1",
+    "pcb2",
+    "pcb3",
+    "pcb4",
+    "pipe_fryum",
+)
 
 ARCHIVE = DatasetArchive(
     dataset="VisA",
@@ -107,4 +122,5 @@ def to_layout(root: Path, staging: Path) -> None:
             write_union_mask([mask], staging / "ground_truth" / DEFECT / f"{image.stem}_mask.png")
 
 
-DATASET = Dataset(source="visa", archive=ARCHIVE, categories=VISA_CATEGORIES, to_layout=to_layout, extras=(SPLIT_CSV,))
+DATASET = Dataset(source="visa", archive=ARCHIVE, categories=CATEGORIES, to_layout=to_layout, extras=(SPLIT_CSV,))
+SOURCE = archive_source(DATASET)

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from anomaly_spotter.categories import SYNTHETIC_DESCRIPTIONS
+from anomaly_spotter.sources.synthetic import DESCRIPTIONS as SYNTHETIC_DESCRIPTIONS
 from anomaly_spotter.config import load_params
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.fileio import write_text

@@ -39,7 +39,7 @@ import torch
 from kornia.filters import gaussian_blur2d
 from kornia.metrics import ssim as kornia_ssim
 
-MAP_KINDS = ("l2", "ssim", "combined")
+RECONSTRUCTION_MAPS = ("l2", "ssim", "combined")
 REDUCTIONS = ("max", "topk_mean")
 
 
@@ -53,8 +53,8 @@ def gaussian_kernel_size(sigma: float) -> int:
 
 
 def _check_map_args(images: torch.Tensor, reconstructions: torch.Tensor, kind: str, ssim_window: int, combined_ssim_weight: float, smoothing_sigma: float) -> None:
-    if kind not in MAP_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(MAP_KINDS)}; got {kind!r}")
+    if kind not in RECONSTRUCTION_MAPS:
+        raise ValueError(f"kind must be one of {', '.join(RECONSTRUCTION_MAPS)}; got {kind!r}")
     for name, t in (("images", images), ("reconstructions", reconstructions)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

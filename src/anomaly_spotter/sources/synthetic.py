@@ -14,7 +14,7 @@ marks exactly the pixels the defect changed.
 
 Example:
     >>> from anomaly_spotter.config import SyntheticConfig
-    >>> sample = render_sample("weave", "hole", index=0, config=SyntheticConfig(image_size=64))
+    >>> sample = render_sample("weave", "hole", index=0, config=SyntheticConfig(side=64))
     >>> sample.image.shape, sample.image.dtype, bool(sample.mask.any())
     ((64, 64, 3), dtype('uint8'), True)
 """
@@ -30,12 +30,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anomaly_spotter.categories import SYNTHETIC_CATEGORIES
 from anomaly_spotter.fileio import staging_dir, write_bytes
-from anomaly_spotter.images import encode_png
+from anomaly_spotter.dataset.images import encode_png
+from anomaly_spotter.sources.source import Source
 
 if TYPE_CHECKING:
-    from anomaly_spotter.config import SyntheticConfig
+    from anomaly_spotter.config import DataConfig, SyntheticConfig
 
 
 @dataclass(frozen=True)
@@ -203,8 +203,9 @@ DEFECTS: dict[str, dict[str, Callable]] = {
     "marble": {"crack": _crack, "spot": _spot, "stain": _stain},
     "washer": {"scratch": _scratch, "crack": _crack, "missing": _missing},
 }
-CATEGORIES = SYNTHETIC_CATEGORIES
-assert set(RENDERERS) == set(CATEGORIES), "every listed category needs a renderer"
+CATEGORIES: tuple[str, ...] = tuple(RENDERERS)
+# What each of them stands for (the README's results table says it).
+DESCRIPTIONS: dict[str, str] = {"weave": "regular texture", "marble": "irregular texture, grey", "washer": "object"}
 GRAYSCALE = frozenset({"marble"})
 
 
@@ -221,7 +222,7 @@ def render_sample(category: str, defect: str, *, index: int, config: SyntheticCo
     if defect != "good" and defect not in DEFECTS[category]:
         raise KeyError(f"unknown defect {defect!r} for {category}; choose from {', '.join(DEFECTS[category])}")
     rng = _rng(config, category, f"{split}/{defect}", index)
-    size = config.image_size
+    size = config.side
     base, support = RENDERERS[category](rng, size)
     clean = base * _lighting(rng, size)
     mask = np.zeros((size, size), bool)
@@ -265,3 +266,10 @@ def generate_category(category: str, dest: str | Path, config: SyntheticConfig) 
                 sample = render_sample(category, defect, index=i, config=config)
                 save(root / "test" / defect / f"{i:03d}.png", sample.image)
                 write_bytes(root / "ground_truth" / defect / f"{i:03d}_mask.png", encode_png(sample.mask.astype(np.uint8) * 255))
+
+
+def _fetch(category: str, dest: Path, config: DataConfig) -> None:
+    generate_category(category, dest, config.synthetic)
+
+
+SOURCE = Source("synthetic", CATEGORIES, _fetch)

@@ -34,17 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_spotter import metrics as m
-from anomaly_spotter.anomaly_map import resize_to
+from anomaly_spotter.evaluation import metrics as m
+from anomaly_spotter.detectors.anomaly_map import resize_to
 from anomaly_spotter.config import EvaluateConfig, Params
 from anomaly_spotter.detectors.base import Detector
 from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
-from anomaly_spotter.images import encode_float_tiff, read_mask
-from anomaly_spotter.processed import ProcessedCategory
-from anomaly_spotter.regions import read_regions
+from anomaly_spotter.dataset.images import encode_float_tiff, read_mask
+from anomaly_spotter.dataset.processed import ProcessedCategory
+from anomaly_spotter.dataset.regions import read_regions
 from anomaly_spotter.scoring import ScoredImages, score_images
-from anomaly_spotter.thresholds import Thresholds, score_record
-from anomaly_spotter.visualize import HeatmapRow, heatmap_grid_png, score_histogram_png
+from anomaly_spotter.evaluation.thresholds import Thresholds, score_record
+from anomaly_spotter.evaluation.visualize import HeatmapRow, heatmap_grid_png, score_histogram_png
 
 GOOD = "good"
 DEFECT = "defect"
@@ -177,7 +177,7 @@ def evaluate_category(
     """Score the test set of one category and write every evaluate output; return the metrics.
 
     ``thresholds`` must record the score params used now (``params.score`` with this model),
-    else :class:`~anomaly_spotter.thresholds.ThresholdsMismatchError` says what to re-run.
+    else :class:`~anomaly_spotter.evaluation.thresholds.ThresholdsMismatchError` says what to re-run.
     """
     thresholds.require_score(score_record(params.score, model), category=category, user="evaluate")
     threshold = thresholds.threshold

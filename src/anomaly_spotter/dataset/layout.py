@@ -12,10 +12,10 @@ The layout every source (synthetic, local folder, MVTec download) must produce::
 
 When ``validation/good/`` is there (MVTec LOCO AD, MVTec 3D-AD and MVTec AD 2 publish one),
 thresholds and model selection use it instead of a hold-out of ``train/good``. ``regions/`` is
-not checked here: only :mod:`anomaly_spotter.regions` reads it.
+not checked here: only :mod:`anomaly_spotter.dataset.regions` reads it.
 
-``<ext>`` is any of :data:`anomaly_spotter.images.IMAGE_SUFFIXES` (case-insensitive). Masks are
-read at their native bit depth by :func:`anomaly_spotter.images.read_mask_values` (8- or 16-bit
+``<ext>`` is any of :data:`anomaly_spotter.dataset.images.IMAGE_SUFFIXES` (case-insensitive). Masks are
+read at their native bit depth by :func:`anomaly_spotter.dataset.images.read_mask_values` (8- or 16-bit
 grayscale, RGB or palette: a pixel is defective when any channel is > 0). A defective image's
 mask must mark at least one pixel: an all-zero mask would count its defect as normal pixels.
 
@@ -47,12 +47,12 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_spotter.errors import DataError
-from anomaly_spotter.images import IMAGE_SUFFIXES, image_size, read_mask_values
+from anomaly_spotter.dataset.images import IMAGE_SUFFIXES, image_shape, read_mask_values
 
 GOOD = "good"
 MASK_SUFFIX = "_mask"
 TOP_LEVEL = ("train", "validation", "test", "ground_truth")
-REGIONS = "regions"  # MVTec LOCO AD's per-region masks, read by anomaly_spotter.regions
+REGIONS = "regions"  # MVTec LOCO AD's per-region masks, read by anomaly_spotter.dataset.regions
 # OS clutter that is skipped like dot-files (compared lower-case).
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 # OpenCV releases the GIL while decoding, so a few threads keep both cores busy without
@@ -286,14 +286,14 @@ def list_category(category_dir: str | os.PathLike[str]) -> CategoryListing:
 
 
 def _decode_problem(exc: DataError, path: Path, root: Path) -> list[str]:
-    """The decoding errors of :mod:`anomaly_spotter.images`, with the path made relative to ``root``."""
+    """The decoding errors of :mod:`anomaly_spotter.dataset.images`, with the path made relative to ``root``."""
     rel = path.relative_to(root).as_posix()
     return [problem.replace(str(path), rel, 1) for problem in exc.problems]
 
 
 def _check_image(path: Path, root: Path) -> tuple[tuple[int, int] | None, list[str]]:
     try:
-        return image_size(path), []
+        return image_shape(path), []
     except DataError as exc:
         return None, _decode_problem(exc, path, root)
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anomaly_spotter.archives import Dataset, DatasetArchive, move_files, visible_folders, write_union_mask
-from anomaly_spotter.categories import MVTEC_3D_CATEGORIES
-from anomaly_spotter.layout import GOOD, MASK_SUFFIX
+from anomaly_spotter.sources.archives import Dataset, DatasetArchive, archive_source, move_files, visible_folders, write_union_mask
+from anomaly_spotter.dataset.layout import GOOD, MASK_SUFFIX
+
+# Its categories (shared/reference/datasets.md).
+CATEGORIES: tuple[str, ...] = ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire")
 
 ARCHIVE = DatasetArchive(
     dataset="MVTec 3D-AD",
@@ -53,4 +55,5 @@ def to_layout(root: Path, staging: Path) -> None:
                 write_union_mask([mask], staging / "ground_truth" / folder.name / f"{image.stem}{MASK_SUFFIX}.png")
 
 
-DATASET = Dataset(source="mvtec_3d", archive=ARCHIVE, categories=MVTEC_3D_CATEGORIES, to_layout=to_layout, skip=is_point_cloud)
+DATASET = Dataset(source="mvtec_3d", archive=ARCHIVE, categories=CATEGORIES, to_layout=to_layout, skip=is_point_cloud)
+SOURCE = archive_source(DATASET)

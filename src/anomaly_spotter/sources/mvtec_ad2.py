@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anomaly_spotter.archives import Dataset, DatasetArchive, move_files, visible_files, visible_folders, write_union_mask
-from anomaly_spotter.categories import MVTEC_AD2_CATEGORIES
-from anomaly_spotter.layout import GOOD
+from anomaly_spotter.sources.archives import Dataset, DatasetArchive, archive_source, move_files, visible_files, visible_folders, write_union_mask
+from anomaly_spotter.dataset.layout import GOOD
+
+# Its categories (shared/reference/datasets.md).
+CATEGORIES: tuple[str, ...] = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts")
 
 ARCHIVE = DatasetArchive(
     dataset="MVTec AD 2",
@@ -57,4 +59,5 @@ def to_layout(root: Path, staging: Path) -> None:
             write_union_mask([mask], staging / "ground_truth" / folder.name / f"{mask.stem}.png")
 
 
-DATASET = Dataset(source="mvtec_ad2", archive=ARCHIVE, categories=MVTEC_AD2_CATEGORIES, to_layout=to_layout, skip=is_private)
+DATASET = Dataset(source="mvtec_ad2", archive=ARCHIVE, categories=CATEGORIES, to_layout=to_layout, skip=is_private)
+SOURCE = archive_source(DATASET)

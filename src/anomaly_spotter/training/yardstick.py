@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from anomaly_spotter import metrics as m
+from anomaly_spotter.evaluation import metrics as m
 from anomaly_spotter.config import ScoreConfig
-from anomaly_spotter.data import sample_seed
+from anomaly_spotter.training.datasets import sample_seed
 from anomaly_spotter.detectors.base import Detector
-from anomaly_spotter.pasted_anomalies import AnomalyGenerator
+from anomaly_spotter.training.pasted_anomalies import AnomalyGenerator
 from anomaly_spotter.scoring import score_images
 
 # Frozen, so the yardstick's numbers stay comparable across versions: sources added to the

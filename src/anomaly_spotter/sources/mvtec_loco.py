@@ -13,7 +13,7 @@ them), written to ``ground_truth/<family>/NNN_mask.png``. The defect family stay
 type (``logical_anomalies`` / ``structural_anomalies``), so ``evaluate`` reports each family's
 image AUROC separately (``per_defect_image_auroc``). The per-region masks and
 ``defects_config.json`` are kept under ``regions/`` for the official sPRO metric
-(:mod:`anomaly_spotter.regions`, :func:`anomaly_spotter.metrics.au_spro`).
+(:mod:`anomaly_spotter.dataset.regions`, :func:`anomaly_spotter.evaluation.metrics.au_spro`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from anomaly_spotter.archives import Dataset, DatasetArchive, move_files, visible_files, visible_folders, write_union_mask
-from anomaly_spotter.categories import MVTEC_LOCO_CATEGORIES
+from anomaly_spotter.sources.archives import Dataset, DatasetArchive, archive_source, move_files, visible_files, visible_folders, write_union_mask
 from anomaly_spotter.errors import DataError
-from anomaly_spotter.layout import GOOD, MASK_SUFFIX, REGIONS
-from anomaly_spotter.regions import DEFECTS_CONFIG
+from anomaly_spotter.dataset.layout import GOOD, MASK_SUFFIX, REGIONS
+from anomaly_spotter.dataset.regions import DEFECTS_CONFIG
+
+# Its categories (shared/reference/datasets.md).
+CATEGORIES: tuple[str, ...] = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
 
 ARCHIVE = DatasetArchive(
     dataset="MVTec LOCO AD",
@@ -58,4 +60,5 @@ def to_layout(root: Path, staging: Path) -> None:
     os.replace(config, staging / REGIONS / DEFECTS_CONFIG)
 
 
-DATASET = Dataset(source="mvtec_loco", archive=ARCHIVE, categories=MVTEC_LOCO_CATEGORIES, to_layout=to_layout)
+DATASET = Dataset(source="mvtec_loco", archive=ARCHIVE, categories=CATEGORIES, to_layout=to_layout)
+SOURCE = archive_source(DATASET)

@@ -1,6 +1,6 @@
 """Stage ``preprocess``: decode, convert and resize one category once, for every later stage.
 
-Writes the folder :mod:`anomaly_spotter.processed` describes (and reads back).
+Writes the folder :mod:`anomaly_spotter.dataset.processed` describes (and reads back).
 
 Example:
     >>> preprocess_category("data/raw/weave", "data/processed/weave", params.preprocess)  # doctest: +SKIP
@@ -17,9 +17,9 @@ import numpy as np
 from anomaly_spotter.config import PreprocessConfig
 from anomaly_spotter.errors import DataError
 from anomaly_spotter.fileio import staging_dir, write_json
-from anomaly_spotter.images import read_image, read_mask, resize, resize_mask
-from anomaly_spotter.layout import list_category, validate_category
-from anomaly_spotter.processed import save_npy
+from anomaly_spotter.dataset.images import read_image, read_mask, resize, resize_mask
+from anomaly_spotter.dataset.layout import list_category, validate_category
+from anomaly_spotter.dataset.processed import save_npy
 
 # OpenCV releases the GIL while decoding and resizing, so threads use both cores.
 DECODE_THREADS = 2

@@ -61,7 +61,7 @@ FORMAT_VERSION = 2
 # whatever the batch it comes in. Every other field is recorded (a new one too, by default).
 _NOT_SCORE_SHAPING = frozenset({"batch_size"})
 # Where the thresholds stage takes its scores from (data.val): stated in every thresholds.json.
-# Keyed by the processed data's ``val_source`` (anomaly_spotter.processed).
+# Keyed by the processed data's ``val_source`` (anomaly_spotter.dataset.processed).
 VALIDATION_SOURCE = "normal train/good images held out by preprocess (preprocess.val_fraction, preprocess.seed); never test images"
 OFFICIAL_VALIDATION_SOURCE = "the dataset's official normal validation split (validation/good), all of train/good trains; never test images"
 VALIDATION_SOURCES = {"holdout": VALIDATION_SOURCE, "official": OFFICIAL_VALIDATION_SOURCE}
@@ -146,7 +146,7 @@ def select_threshold(thresholds: dict[str, float], strategy: str) -> float:
     >>> select_threshold({"percentile_99": 0.5}, "percentile_95")
     Traceback (most recent call last):
     ...
-    anomaly_spotter.thresholds.ThresholdError: threshold strategy 'percentile_95' is not computed; available: percentile_99
+    anomaly_spotter.evaluation.thresholds.ThresholdError: threshold strategy 'percentile_95' is not computed; available: percentile_99
     """
     if strategy not in thresholds:
         available = ", ".join(thresholds) or "(none)"
@@ -245,7 +245,7 @@ class Thresholds:
         >>> t.require_score({"map": "ssim", "smoothing_sigma": 2.0}, category="weave")
         Traceback (most recent call last):
         ...
-        anomaly_spotter.thresholds.ThresholdsMismatchError: t.json was computed with other score params than evaluate uses now: smoothing_sigma is 4.0 in t.json but 2.0 now; its threshold does not apply to these scores. Run `dvc repro thresholds@weave` to recompute it (or restore the params it records)
+        anomaly_spotter.evaluation.thresholds.ThresholdsMismatchError: t.json was computed with other score params than evaluate uses now: smoothing_sigma is 4.0 in t.json but 2.0 now; its threshold does not apply to these scores. Run `dvc repro thresholds@weave` to recompute it (or restore the params it records)
         """
         missing = object()
         keys = sorted(set(self.score) | set(current))
@@ -275,7 +275,7 @@ def parse_thresholds(data: Mapping[str, Any] | str | bytes, where: str, *, categ
     >>> parse_thresholds('{"strategy": "percentile_99", "threshold": 0.5, "thresholds": {"percentile_99": 0.5}}', "old.json")
     Traceback (most recent call last):
     ...
-    anomaly_spotter.thresholds.ThresholdsMismatchError: old.json does not record the score params its threshold was computed with (it predates that record), so it cannot be checked against the params used now. Run `dvc repro thresholds` (`thresholds@<category>` for one category) to rewrite it
+    anomaly_spotter.evaluation.thresholds.ThresholdsMismatchError: old.json does not record the score params its threshold was computed with (it predates that record), so it cannot be checked against the params used now. Run `dvc repro thresholds` (`thresholds@<category>` for one category) to rewrite it
     """
     rerun = _rerun(category)
     try:

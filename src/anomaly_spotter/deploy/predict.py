@@ -2,9 +2,9 @@
 
 Command line (run from the repository root)::
 
-    python -m anomaly_spotter.predict --category weave photos/ extra/img_0042.png
-    python -m anomaly_spotter.predict --category weave --rev exp-1a2b3 photos/   # an experiment's model
-    python -m anomaly_spotter.predict --category weave --rev v1.0 --out /tmp/pred photos/
+    python -m anomaly_spotter.deploy.predict --category weave photos/ extra/img_0042.png
+    python -m anomaly_spotter.deploy.predict --category weave --rev exp-1a2b3 photos/   # an experiment's model
+    python -m anomaly_spotter.deploy.predict --category weave --rev v1.0 --out /tmp/pred photos/
 
 Without ``--rev`` the workspace's ``models/<category>/model.pt`` and ``thresholds.json`` and
 ``params.yaml`` are used. With ``--rev`` (a branch, tag, commit or ``dvc exp`` name) all three
@@ -18,7 +18,7 @@ recorded params instead would ignore ``params.yaml``. The error names the differ
 says to run ``dvc repro thresholds@<category>``.
 
 Every image is resized to the model's input size exactly as the ``preprocess`` stage does
-(:func:`anomaly_spotter.images.resize`) and scored by :func:`anomaly_spotter.scoring.score_images`,
+(:func:`anomaly_spotter.dataset.images.resize`) and scored by :func:`anomaly_spotter.scoring.score_images`,
 like the ``thresholds`` and ``evaluate`` stages; it is anomalous when ``score >= threshold``.
 Written into ``--out`` (default ``predictions/<category>/``):
 
@@ -57,16 +57,16 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from anomaly_spotter.anomaly_map import resize_to
+from anomaly_spotter.detectors.anomaly_map import resize_to
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import ScoreConfig, load_params, parse_params
 from anomaly_spotter.errors import ConfigError, DataError, UserError
 from anomaly_spotter.fileio import write_bytes, write_text
-from anomaly_spotter.images import IMAGE_SUFFIXES, encode_float_tiff, encode_png, read_image, resize
+from anomaly_spotter.dataset.images import IMAGE_SUFFIXES, encode_float_tiff, encode_png, read_image, resize
 from anomaly_spotter.detectors import Detector, load_model
 from anomaly_spotter.runtime import select_device
 from anomaly_spotter.scoring import score_images
-from anomaly_spotter.thresholds import Thresholds, parse_thresholds, read_thresholds, score_record
+from anomaly_spotter.evaluation.thresholds import Thresholds, parse_thresholds, read_thresholds, score_record
 
 RESULTS_NAME = "predictions.jsonl"
 # More images than this get a progress bar (on a terminal only); fewer finish before it matters.

@@ -1,7 +1,7 @@
 """The processed-data format: what ``preprocess`` writes and every later stage reads.
 
 A folder ``data/processed/<category>/``, written atomically as one unit by
-:mod:`anomaly_spotter.preprocessing`::
+:mod:`anomaly_spotter.dataset.preprocessing`::
 
     train.npy        uint8 (N_train, S, S, 3)  training images (train/good minus the hold-out)
     val.npy          uint8 (N_val, S, S, 3)    normal validation images: the dataset's official

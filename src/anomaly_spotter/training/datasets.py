@@ -1,6 +1,7 @@
-"""PyTorch datasets over preprocessed arrays.
+"""The training datasets: PyTorch datasets over preprocessed arrays.
 
-Images are stored as uint8 (N, S, S, 3) and become float tensors (3, S, S) in [-1, 1] here.
+Images are stored as uint8 (N, S, S, 3) and become float tensors (3, S, S) in [-1, 1] here
+(:mod:`anomaly_spotter.tensors`).
 Augmentation randomness is a pure function of ``(seed, epoch, index)``: the result does not
 depend on worker count or on whether training was resumed from a checkpoint.
 
@@ -19,18 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, S, S, 3) or (S, S, 3) -> float32 (N, 3, S, S) / (3, S, S) in [-1, 1]."""
-    tensor = torch.tensor(np.asarray(images), dtype=torch.float32)  # copies: inputs may be read-only memmaps
-    tensor = tensor.movedim(-1, -3)  # channels first
-    return tensor / 127.5 - 1.0
-
-
-def to_uint8(tensor: torch.Tensor) -> np.ndarray:
-    """float (N, 3, S, S) in [-1, 1] -> uint8 (N, S, S, 3); the inverse of :func:`to_tensor`."""
-    scaled = ((tensor.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round()
-    return scaled.movedim(-3, -1).to(torch.uint8).numpy()
+from anomaly_spotter.tensors import to_tensor
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -70,7 +60,7 @@ class AnomalyDataset(ImageDataset):
     """Training triples ``(input, target, mask)`` for defect-removal training.
 
     Each image is augmented, then, with the generator's probability, gets a synthetic anomaly
-    (:class:`anomaly_spotter.pasted_anomalies.AnomalyGenerator`, sources drawn from the same
+    (:class:`anomaly_spotter.training.pasted_anomalies.AnomalyGenerator`, sources drawn from the same
     images). ``input`` is the corrupted image, ``target`` the clean one (both (3, S, S) in
     [-1, 1]) and ``mask`` float32 (1, S, S) marks the pasted pixels. Without a generator,
     ``input`` is ``target`` and the mask is empty: plain clean -> clean training.

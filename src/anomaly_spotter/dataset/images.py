@@ -86,7 +86,7 @@ def read_mask_values(path: str | os.PathLike[str]) -> np.ndarray:
     * colour (RGB, and palette PNGs, which OpenCV expands to their colours): the channels packed
       as ``0xRRGGBB`` (uint32; uint64 with 16 bits per channel), so a pixel is non-zero when
       *any* channel is, and distinct colours stay distinct for the binary check of
-      :mod:`anomaly_spotter.layout`;
+      :mod:`anomaly_spotter.dataset.layout`;
     * alpha is ignored, unless the colour is black everywhere and the alpha varies (black
       strokes on a transparent canvas): then the alpha alone is the mask. An opaque or
       constant alpha carries no drawing, and counting it would make every pixel defective.
@@ -128,7 +128,7 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     return read_mask_values(path) > 0
 
 
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+def image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(height, width) of an image file (decodes it; raises :class:`DataError` when it cannot)."""
     image = _decode(Path(path), cv2.IMREAD_UNCHANGED)
     return int(image.shape[0]), int(image.shape[1])

@@ -1,6 +1,6 @@
-"""MVTec LOCO AD's per-region ground truth, kept for the sPRO metric (:func:`anomaly_spotter.metrics.au_spro`).
+"""MVTec LOCO AD's per-region ground truth, kept for the sPRO metric (:func:`anomaly_spotter.evaluation.metrics.au_spro`).
 
-The fetch stage (:mod:`anomaly_spotter.mvtec_loco`) keeps, beside the MVTec AD layout::
+The fetch stage (:mod:`anomaly_spotter.sources.mvtec_loco`) keeps, beside the MVTec AD layout::
 
     <category>/regions/<family>/<image stem>/<MMM>.png    one mask image per defect region
     <category>/regions/defects_config.json                 each defect type's pixel value and saturation
@@ -24,8 +24,8 @@ from typing import Protocol
 import numpy as np
 
 from anomaly_spotter.errors import DataError
-from anomaly_spotter.images import read_mask_values
-from anomaly_spotter.layout import REGIONS
+from anomaly_spotter.dataset.images import read_mask_values
+from anomaly_spotter.dataset.layout import REGIONS
 
 DEFECTS_CONFIG = "defects_config.json"
 

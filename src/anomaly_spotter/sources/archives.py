@@ -6,15 +6,15 @@ The downloaded sources (``mvtec`` with its whole archive, ``mvtec_loco``, ``mvte
 
 * :func:`obtain_archive` returns a verified archive: ``data.archive`` when set (a file the user
   already has; no network), else a download into ``data.cache_dir`` (resume, retries and the
-  checksum, via :func:`anomaly_spotter.download.download`) that the next category reuses.
+  checksum, via :func:`anomaly_spotter.sources.download.download`) that the next category reuses.
   ``data.mirror`` replaces the official base URL. Hashing a multi-GB file takes a while and the
   fetch stage runs once per category, so a successful check is remembered in the cache folder
   for that file's path, size and modification time.
 * :func:`extract_category` unpacks only the category's members (plus files the dataset keeps
   beside its categories, such as VisA's ``split_csv/1cls.csv``) with
-  :func:`anomaly_spotter.download.safe_extract`, lets ``to_layout`` rearrange them into
+  :func:`anomaly_spotter.sources.download.safe_extract`, lets ``to_layout`` rearrange them into
   ``train/``, ``test/``, ``ground_truth/`` (and ``validation/`` where the dataset has an official
-  normal validation split), validates the result with :mod:`anomaly_spotter.layout` and swaps it
+  normal validation split), validates the result with :mod:`anomaly_spotter.dataset.layout` and swaps it
   in. Everything happens in a staging folder beside ``dest``: a failure leaves ``dest`` as it was.
 
 Example:
@@ -32,15 +32,19 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from anomaly_spotter.categories import did_you_mean
-from anomaly_spotter.download import download, file_digest, safe_extract
-from anomaly_spotter.errors import DataError, FetchError, UserError
+from anomaly_spotter.sources.download import download, file_digest, safe_extract
+from anomaly_spotter.errors import DataError, FetchError, UserError, did_you_mean
 from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
-from anomaly_spotter.images import encode_png, read_mask
-from anomaly_spotter.layout import TOP_LEVEL, is_ignored, validate_category
+from anomaly_spotter.dataset.images import encode_png, read_mask
+from anomaly_spotter.dataset.layout import TOP_LEVEL, is_ignored, validate_category
+from anomaly_spotter.sources.source import Source
+
+if TYPE_CHECKING:
+    from anomaly_spotter.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def verify_archive(path: str | os.PathLike[str], spec: DatasetArchive, *, cache_
 
 
 def download_with_advice(url: str, path: Path, *, what: str, share: str, progress: bool, **checksum: str) -> Path:
-    """:func:`anomaly_spotter.download.download`, whose errors also say how to fetch without that server."""
+    """:func:`anomaly_spotter.sources.download.download`, whose errors also say how to fetch without that server."""
     try:
         return download(url, path, progress=progress, **checksum)
     except FetchError as exc:
@@ -335,3 +339,20 @@ def move_files(source: Path, target: Path) -> list[Path]:
         os.replace(file, target / file.name)
         moved.append(target / file.name)
     return moved
+
+
+def archive_source(dataset: Dataset) -> Source:
+    """The :class:`~anomaly_spotter.sources.source.Source` of a dataset published as one archive."""
+
+    def fetch(category: str, dest: Path, config: DataConfig) -> None:
+        fetch_dataset_category(
+            dataset,
+            category,
+            dest,
+            archive=Path(config.archive) if config.archive else None,
+            mirror=config.mirror or None,
+            cache_dir=Path(config.cache_dir),
+            min_train_images=config.min_train_images,
+        )
+
+    return Source(dataset.source, dataset.categories, fetch)

@@ -9,7 +9,7 @@ the exact versions are pinned and integrity-checked by npm; no third-party JS is
 Use (``make setup`` does both steps)::
 
     npm ci
-    python -m anomaly_spotter.plots_template            # writes .dvc/tmp/plots_template.html
+    python -m anomaly_spotter.evaluation.plots_template            # writes .dvc/tmp/plots_template.html
 
 and, committed once in ``.dvc/config`` (DVC resolves a relative path against ``.dvc/``)::
 
@@ -103,7 +103,7 @@ _PAGE = """<!DOCTYPE html>
 <html>
 <head>
     <meta charset="utf-8">
-    <meta name="generator" content="anomaly_spotter.plots_template (%(versions)s)">
+    <meta name="generator" content="anomaly_spotter.evaluation.plots_template (%(versions)s)">
     {refresh_tag}
     <title>DVC Plot</title>
 %(scripts)s
@@ -172,9 +172,9 @@ def build_offline_template(node_modules: Path, out: Path, renderer: str = "svg")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m anomaly_spotter.plots_template [--node-modules DIR] [--out FILE]``."""
+    """Command line: ``python -m anomaly_spotter.evaluation.plots_template [--node-modules DIR] [--out FILE]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m anomaly_spotter.plots_template",
+        prog="python -m anomaly_spotter.evaluation.plots_template",
         description="Write the offline HTML template for `dvc plots show/diff` "
         f"(point `plots.html_template` in .dvc/config at it: {CONFIG_VALUE}).",
     )
