@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from typing import Any
 
 import numpy as np
@@ -147,8 +148,11 @@ def test_the_registry_checks_what_each_class_declares():
 
 
 def test_each_module_is_imported_by_something_or_is_an_entry_point():
-    """No orphans: every module is reachable from a stage, an entry point (predict, yardstick, plot template, README table) or a package __init__."""
-    roots = [ROOT / "stages" / f"{s}.py" for s in STAGES] + [module_file(m) for m in ("anomaly_spotter.deploy.predict", "anomaly_spotter.training.yardstick", "anomaly_spotter.evaluation.plots_template", "anomaly_spotter.evaluation.readme_table")]
+    """No orphans: every module is reachable from a stage, a ``python -m`` entry point, a console script or a package __init__."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    entry_points = [target.split(":")[0] for target in scripts.values()]
+    entry_points += ["anomaly_spotter.deploy.predict", "anomaly_spotter.training.yardstick", "anomaly_spotter.evaluation.plots_template", "anomaly_spotter.evaluation.readme_table"]
+    roots = [ROOT / "stages" / f"{s}.py" for s in STAGES] + [module_file(m) for m in entry_points]
     reached = set().union(*(closure(r) for r in roots))
     assert [str(p.relative_to(SRC)) for p in package_modules() if p not in reached] == []
 

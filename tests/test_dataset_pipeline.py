@@ -35,7 +35,7 @@ def test_source_runs_through_the_whole_pipeline(source, tmp_path, monkeypatch):
             tmp_path / "repo",
             {"data": {"source": source, "categories": [category], "mirror": server.url("/share/")}, "evaluate": {"pro_fpr_limit": 0.05}},
         )
-        module = root / "src" / "anomaly_spotter" / f"{source}.py"
+        module = root / "src" / "anomaly_spotter" / "sources" / f"{source}.py"
         module.write_text(module.read_text().replace(spec.checksum, hashlib.new(spec.algorithm, archive.read_bytes()).hexdigest()))
         dvc("repro", "report", cwd=root)  # export is not about the data: left out to save time
         assert len(server.requests) == 1  # one download for the dataset

@@ -69,8 +69,9 @@ def test_predict_with_a_patchcore_model_in_the_workspace_and_at_a_revision(proje
 
 def test_a_wrong_score_map_for_patchcore_is_refused_before_any_work(project):
     from anomaly_spotter.config import parse_params
+    from anomaly_spotter.detectors import check_params
 
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["score"]["map"] = "head"
     with pytest.raises(UserError, match=r"score.map is 'head' but model.kind patchcore scores with auto, distance"):
-        parse_params(raw)
+        check_params(parse_params(raw))
