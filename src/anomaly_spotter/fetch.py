@@ -59,7 +59,8 @@ def fetch_category(category: str, dest: str | Path, config: DataConfig) -> None:
 
         if not config.root:
             raise UserError("data.source is 'folder' but data.root is empty; set it to the folder holding <category>/ sub-folders")
-        import_folder_category(Path(config.root) / category, dest, min_train_images=config.min_train_images)
+        root = Path(config.root) / category
+        import_folder_category(root, dest, min_train_images=config.min_train_images, masks=config.masks)
     elif config.source == "mvtec":
         from anomaly_spotter.mvtec import fetch_mvtec_category
 

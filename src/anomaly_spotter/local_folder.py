@@ -19,15 +19,17 @@ from anomaly_spotter.fileio import staging_dir
 from anomaly_spotter.layout import list_category, validate_category
 
 
-def import_folder_category(source_dir: str | Path, dest: str | Path, *, min_train_images: int) -> None:
+def import_folder_category(source_dir: str | Path, dest: str | Path, *, min_train_images: int, masks: str = "pixel") -> None:
     """Validate ``source_dir`` and copy its ``train/``, ``test/`` and ``ground_truth/`` images to ``dest``.
+
+    ``masks`` is ``data.masks`` (``none``: image labels only, no ``ground_truth/``; see :mod:`anomaly_spotter.layout`).
 
     Raises :class:`~anomaly_spotter.errors.DataError` listing every problem of the source
     (``dest`` is then left as it was).
     """
     source_dir, dest = Path(source_dir), Path(dest)
-    validate_category(source_dir, min_train_images=min_train_images)
-    listing = list_category(source_dir)
+    validate_category(source_dir, min_train_images=min_train_images, masks=masks)
+    listing = list_category(source_dir, masks=masks)
     with staging_dir(dest) as staging:
         for path in listing.files():
             target = staging / path.relative_to(source_dir)
