@@ -29,7 +29,6 @@ from anomaly_spotter.images import cv2  # OpenCV as images.py configures it (its
 PANEL = 192  # panel side, px: every image is drawn at this size
 GAP = 6
 CAPTION = 22  # caption band above each row
-HEADER = 46  # title band and column names
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 WHITE, BLACK, GREEN, GREY = (255, 255, 255), (0, 0, 0), (40, 200, 40), (90, 90, 90)
 NO_MASK = "no mask (image labels only)"
@@ -85,21 +84,29 @@ def _text(canvas: np.ndarray, text: str, x: int, y: int, scale: float = 0.42, co
     cv2.putText(canvas, text.encode("ascii", "replace").decode("ascii"), (x, y), FONT, scale, colour, 1, cv2.LINE_AA)
 
 
+def header_height(title_lines: int) -> int:
+    """Height of the band holding ``title_lines`` lines of title and the column names."""
+    return 16 * title_lines + 30
+
+
 def gallery_image(rows: Sequence[GalleryRow], *, title: str, threshold: float, vmin: float, vmax: float) -> np.ndarray:
-    """The RGB array of :func:`gallery_png`: a title, column names, then one captioned row per case."""
+    """The RGB array of :func:`gallery_png`: a title (lines split at ``\\n``), column names, one captioned row per case."""
+    lines = title.split("\n")
+    header = header_height(len(lines))
     width = 3 * PANEL + 4 * GAP
-    height = HEADER + max(len(rows), 1) * (CAPTION + PANEL + GAP) + GAP
+    height = header + max(len(rows), 1) * (CAPTION + PANEL + GAP) + GAP
     canvas = np.full((height, width, 3), 255, np.uint8)
-    _text(canvas, title, GAP, 17, 0.45)
+    for i, line in enumerate(lines):
+        _text(canvas, line, GAP, 17 + 16 * i, 0.42)
     without_masks = any(row.mask is None for row in rows)
     outlines = f"map, white: >= {threshold:.4g}" + ("" if without_masks else "; green: truth")
     columns = ("input", outlines, NO_MASK if without_masks else "ground truth")
     for c, name in enumerate(columns):
-        _text(canvas, name, GAP + c * (PANEL + GAP), 38, 0.38, GREY)
+        _text(canvas, name, GAP + c * (PANEL + GAP), header - 8, 0.38, GREY)
     if not rows:
-        _text(canvas, "none at this threshold", GAP, HEADER + 40, 0.5, GREY)
+        _text(canvas, "none at this threshold", GAP, header + 40, 0.5, GREY)
     for r, row in enumerate(rows):
-        top = HEADER + r * (CAPTION + PANEL + GAP)
+        top = header + r * (CAPTION + PANEL + GAP)
         _text(canvas, row.caption, GAP, top + 15)
         image = _resized(np.ascontiguousarray(row.image, np.uint8), nearest=True)
         panels = (image, overlay(row, threshold=threshold, vmin=vmin, vmax=vmax), _mask_panel(row.mask))

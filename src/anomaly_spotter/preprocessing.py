@@ -63,8 +63,9 @@ def preprocess_category(
     ``masks`` is ``data.masks``: ``none`` accepts a category without ``ground_truth/`` (image labels only).
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    validate_category(raw_dir, min_train_images=max(2, min_train_images), masks=masks)
-    listing = list_category(raw_dir, masks=masks)
+    mask_mode = masks  # (``masks`` names the mask array below)
+    validate_category(raw_dir, min_train_images=max(2, min_train_images), masks=mask_mode)
+    listing = list_category(raw_dir, masks=mask_mode)
     size = config.image_size
     if listing.validation:
         # The dataset's own validation split: what its benchmark expects thresholds and model
@@ -107,7 +108,7 @@ def preprocess_category(
                 "train": [p.relative_to(raw_dir).as_posix() for p in train_paths],
                 "val": [p.relative_to(raw_dir).as_posix() for p in val_paths],
                 "val_source": val_source,
-                "masks": masks,
+                "masks": mask_mode,
                 "test": items,
             },
         )
