@@ -48,6 +48,7 @@ from test_evaluation_known import IntensityDetector, grey, half
 S = 32
 BLOCK = np.zeros((S, S), np.uint8)
 BLOCK[8:16, 8:16] = 1
+ROW = gallery.CAPTION + gallery.PANEL + gallery.GAP  # one drawn case, px
 CASES = (  # file, label, defect type, model image (grey levels), mask
     ("test/crack/000.png", 1, "crack", half((S, S), 1) * 255, half((S, S), 1)),
     ("test/crack/001.png", 1, "crack", np.full((S, S), 120), BLOCK),
@@ -63,7 +64,8 @@ def build(root: Path, masks: str = "pixel") -> Path:
     """The processed folder of the table above (masks "none": no mask files, all-zero masks)."""
     items = []
     for file, label, defect, _, mask in CASES:
-        mask_file = f"ground_truth/{defect}/{Path(file).stem}_mask.png" if mask is not None and masks == "pixel" else None
+        has_mask = mask is not None and masks == "pixel"
+        mask_file = f"ground_truth/{defect}/{Path(file).stem}_mask.png" if has_mask else None
         items.append({"file": file, "label": label, "defect_type": defect, "mask": mask_file, "height": S, "width": S})
     val = np.stack([grey(np.full((S, S), level)) for level in (200, 220)])
     save_npy(root / "train.npy", val)
@@ -72,7 +74,8 @@ def build(root: Path, masks: str = "pixel") -> Path:
     zeros = np.zeros((S, S), np.uint8)
     masks_array = [(c[4] if c[4] is not None and masks == "pixel" else zeros) for c in CASES]
     save_npy(root / "test_masks.npy", np.stack(masks_array).astype(np.uint8))
-    write_json(root / "index.json", {"image_size": S, "train": ["a", "b"], "val": ["a", "b"], "test": items, "masks": masks})
+    index = {"image_size": S, "train": ["a", "b"], "val": ["a", "b"], "test": items, "masks": masks}
+    write_json(root / "index.json", index)
     return root
 
 
@@ -103,14 +106,14 @@ def test_known_mistakes_in_the_gallery_worst_first(tmp_path: Path) -> None:
         image = cv2.imread(str(tmp_path / "results" / row["image"]))
         assert image is not None and image.shape[1] == 3 * gallery.PANEL + 4 * gallery.GAP
     page = cv2.imread(str(tmp_path / "plots" / "mistakes.png"))
-    rows_drawn = (page.shape[0] - gallery.GAP - gallery.header_height(2)) // (gallery.CAPTION + gallery.PANEL + gallery.GAP)
+    rows_drawn = (page.shape[0] - gallery.GAP - gallery.header_height(2)) // ROW
     assert rows_drawn == 4
 
 
 def test_gallery_size_caps_each_kind_on_the_page_but_every_mistake_is_kept(tmp_path: Path) -> None:
     evaluate(tmp_path, gallery_size=1)
     page = cv2.imread(str(tmp_path / "plots" / "mistakes.png"))
-    rows_drawn = (page.shape[0] - gallery.GAP - gallery.header_height(2)) // (gallery.CAPTION + gallery.PANEL + gallery.GAP)
+    rows_drawn = (page.shape[0] - gallery.GAP - gallery.header_height(2)) // ROW
     assert rows_drawn == 2  # the worst miss and the worst false alarm
     assert len(list((tmp_path / "results" / "mistakes").glob("*.png"))) == 4
 
@@ -161,7 +164,8 @@ def test_selection_is_seeded_by_the_files_alone_and_drawn_the_same_every_run(tmp
 def test_mistake_order_breaks_ties_by_test_order() -> None:
     fn, fp = mistakes(np.array([1, 1, 0, 0, 1]), np.array([0.2, 0.2, 0.7, 0.7, 0.1]), 0.5)
     assert (fn, fp) == ([4, 0, 1], [2, 3])
-    assert per_defect_results(np.array([0, 1]), ["good", "a"], np.array([0.1, 0.1]), 0.5)["per_defect_recall"] == {"a": 0.0}
+    none_flagged = per_defect_results(np.array([0, 1]), ["good", "a"], np.array([0.1, 0.1]), 0.5)
+    assert none_flagged["per_defect_recall"] == {"a": 0.0}
 
 
 # --------------------------------------------------------------------------- image labels only
@@ -177,7 +181,8 @@ def test_image_labels_only_skip_pixel_metrics_and_keep_the_image_auroc(tmp_path:
     assert labels_only["pixel_metrics"].startswith("skipped: data.masks is none")
     pro = json.loads((tmp_path / "none/plots/pro.json").read_text())["pro"]
     assert len(pro) == 1 and pro[0]["au_pro"] is None and "data.masks is none" in pro[0]["note"]
-    assert all("data.masks is none" in b["note"] for b in json.loads((tmp_path / "none/plots/defect_types.json").read_text())["defect_types"])
+    bars = json.loads((tmp_path / "none/plots/defect_types.json").read_text())["defect_types"]
+    assert all("data.masks is none" in b["note"] for b in bars)
     assert len(list((tmp_path / "none/results/mistakes").glob("*.png"))) == 4
     write_report(["known"], tmp_path / "none", tmp_path / "summary.json", tmp_path / "summary.md")
     assert "- known: pixel metrics skipped: data.masks is none" in (tmp_path / "summary.md").read_text()
@@ -185,8 +190,9 @@ def test_image_labels_only_skip_pixel_metrics_and_keep_the_image_auroc(tmp_path:
 
 def _raw_category(root: Path) -> Path:
     """A tiny raw category in MVTec layout with masks for both defect images."""
-    for name, level in (("train/good/000.png", 90), ("train/good/001.png", 95), ("train/good/002.png", 100), ("test/good/000.png", 90),
-                        ("test/crack/000.png", 200), ("test/crack/001.png", 210)):
+    levels = {"train/good/000.png": 90, "train/good/001.png": 95, "train/good/002.png": 100, "test/good/000.png": 90,
+              "test/crack/000.png": 200, "test/crack/001.png": 210}
+    for name, level in levels.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(root / name), np.full((16, 16), level, np.uint8))
     for stem in ("000", "001"):
@@ -202,7 +208,8 @@ def test_layout_accepts_no_ground_truth_only_when_told(tmp_path: Path) -> None:
     (root / "ground_truth/crack/001_mask.png").unlink()
     assert any("test/crack/001.png: defective test image has no mask" in p for p in find_problems(root))
     problems = find_problems(root, masks="none")
-    assert any(p.startswith("ground_truth/: data.masks is 'none'") and "delete or move ground_truth/" in p for p in problems)
+    assert any(p.startswith("ground_truth/: data.masks is 'none'") and "delete or move ground_truth/" in p
+               for p in problems)
     # No ground_truth/ at all: refused by default with the way out, accepted with data.masks: none.
     (root / "ground_truth/crack/000_mask.png").unlink()
     (root / "ground_truth/crack").rmdir()
@@ -210,7 +217,8 @@ def test_layout_accepts_no_ground_truth_only_when_told(tmp_path: Path) -> None:
     refused = find_problems(root)
     assert len(refused) == 1 and "have no masks" in refused[0] and "data.masks: none" in refused[0]
     assert find_problems(root, masks="none") == []
-    preprocess_category(root, tmp_path / "processed", parse_params({"preprocess": {"image_size": 32}}).preprocess, masks="none")
+    settings = parse_params({"preprocess": {"image_size": 32}}).preprocess
+    preprocess_category(root, tmp_path / "processed", settings, masks="none")
     data = load_processed(tmp_path / "processed")
     assert data.masks == "none" and [item.mask for item in data.test_items] == [None, None, None]
 

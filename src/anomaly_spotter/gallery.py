@@ -90,7 +90,7 @@ def header_height(title_lines: int) -> int:
 
 
 def gallery_image(rows: Sequence[GalleryRow], *, title: str, threshold: float, vmin: float, vmax: float) -> np.ndarray:
-    """The RGB array of :func:`gallery_png`: a title (lines split at ``\\n``), column names, one captioned row per case."""
+    """The RGB array of :func:`gallery_png`: a title (lines split at ``\\n``), column names, a row per case."""
     lines = title.split("\n")
     header = header_height(len(lines))
     width = 3 * PANEL + 4 * GAP
