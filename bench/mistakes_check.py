@@ -40,7 +40,8 @@ def check(root: Path, category: str) -> list[str]:
     images = Counter(r["defect_type"] for r in scores if r["label"] == "1")
     flagged = Counter(r["defect_type"] for r in scores if r["label"] == "1" and r["predicted_anomalous"] == "1")
     recall = {name: flagged[name] / count for name, count in sorted(images.items())}
-    if recall != metrics["per_defect_recall"]:
+    stored = metrics["per_defect_recall"]  # written with 10 significant digits
+    if set(recall) != set(stored) or any(abs(recall[k] - stored[k]) > 1e-9 for k in recall):
         problems.append(f"{category}: per_defect_recall {metrics['per_defect_recall']} but scores.csv gives {recall}")
     good = [r for r in scores if r["label"] == "0"]
     far = len(fp) / len(good) if good else float("nan")
