@@ -40,7 +40,8 @@ def main(argv=None):
         f"pixel AUROC {results['pixel_auroc']:.4f}, AU-PRO {results['au_pro']:.4f}"
         if "pixel_auroc" in results else f"pixel metrics {results['pixel_metrics']}"
     )
-    print(f"{args.category}: image AUROC {results['image_auroc']:.4f}, {pixel}; weakest type {results.get('weakest_defect_type')}")
+    weakest = results.get("weakest_defect_type")
+    print(f"{args.category}: image AUROC {results['image_auroc']:.4f}, {pixel}; lowest recall: {weakest}")
 
 
 if __name__ == "__main__":

@@ -479,7 +479,8 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
         if not 0.0 < p < 100.0:
             problems.append(f"{prefix}thresholds.fpr_percents: {p:g} is not a false-alarm rate in percent in (0, 100)")
     if params.data.masks == "none" and params.data.source != "folder":
-        problems.append(f"{prefix}data.masks: 'none' (image labels only) is for data.source folder; {params.data.source} ships masks")
+        source = params.data.source
+        problems.append(f"{prefix}data.masks: 'none' (image labels only) is for data.source folder; {source} ships masks")
     names = threshold_names(params.thresholds)
     if params.thresholds.strategy not in names:
         problems.append(

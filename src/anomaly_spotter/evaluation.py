@@ -195,7 +195,8 @@ def evaluate_category(
     threshold = thresholds.threshold
     scored = score_images(model, data.test, params.score)
     with_masks = data.masks != "none"
-    masks, maps = pixel_inputs(data, Path(raw_dir), scored.maps, params.evaluate.resolution) if with_masks else (None, None)
+    resolution = params.evaluate.resolution
+    masks, maps = pixel_inputs(data, Path(raw_dir), scored.maps, resolution) if with_masks else (None, None)
     fpr_limit = params.evaluate.pro_fpr_limit
     results = compute_metrics(data, scored, threshold, masks, maps, fpr_limit=fpr_limit)
     regions = read_regions(Path(raw_dir), data.test_items) if with_masks else None

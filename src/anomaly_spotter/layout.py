@@ -367,7 +367,9 @@ def _content_problems(listing: CategoryListing) -> list[str]:
         return [problem for problems in (*train, *test) for problem in problems]
 
 
-def find_problems(category_dir: str | os.PathLike[str], *, min_train_images: int = 1, masks: str = "pixel") -> list[str]:
+def find_problems(
+    category_dir: str | os.PathLike[str], *, min_train_images: int = 1, masks: str = "pixel"
+) -> list[str]:
     """Every problem with the category at ``category_dir``; an empty list when it is usable.
 
     Checks the folder structure, file types, that every image and mask decodes, that every

@@ -19,7 +19,9 @@ from anomaly_spotter.fileio import staging_dir
 from anomaly_spotter.layout import list_category, validate_category
 
 
-def import_folder_category(source_dir: str | Path, dest: str | Path, *, min_train_images: int, masks: str = "pixel") -> None:
+def import_folder_category(
+    source_dir: str | Path, dest: str | Path, *, min_train_images: int, masks: str = "pixel"
+) -> None:
     """Validate ``source_dir`` and copy its ``train/``, ``test/`` and ``ground_truth/`` images to ``dest``.
 
     ``masks`` is ``data.masks`` (``none``: image labels only, no ``ground_truth/``; see :mod:`anomaly_spotter.layout`).

@@ -56,7 +56,12 @@ def _load_images(paths: list[Path], size: int) -> tuple[np.ndarray, list[tuple[i
 
 
 def preprocess_category(
-    raw_dir: str | Path, out_dir: str | Path, config: PreprocessConfig, *, min_train_images: int = 2, masks: str = "pixel"
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    config: PreprocessConfig,
+    *,
+    min_train_images: int = 2,
+    masks: str = "pixel",
 ) -> None:
     """Decode ``raw_dir`` (MVTec AD layout) into the arrays described above, in ``out_dir``.
 

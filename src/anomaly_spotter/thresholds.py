@@ -264,7 +264,11 @@ def threshold_report(
     """
     s = _validation_scores(val_scores)
     candidates = compute_thresholds(
-        s, percentiles=settings.percentiles, std_k=settings.std_k, iqr_k=settings.iqr_k, fpr_percents=settings.fpr_percents
+        s,
+        percentiles=settings.percentiles,
+        std_k=settings.std_k,
+        iqr_k=settings.iqr_k,
+        fpr_percents=settings.fpr_percents,
     )
     return {
         "format": FORMAT_VERSION,
