@@ -37,7 +37,12 @@ def main(argv=None):
         plots_dir=Path(args.plots),
         results_dir=Path(args.results),
     )
-    print(f"{args.category}: image AUROC {results['image_auroc']:.4f}, pixel AUROC {results['pixel_auroc']:.4f}, AU-PRO {results['au_pro']:.4f}")
+    pixel = (
+        f"pixel AUROC {results['pixel_auroc']:.4f}, AU-PRO {results['au_pro']:.4f}"
+        if "pixel_auroc" in results else f"pixel metrics {results['pixel_metrics']}"
+    )
+    weakest = results.get("weakest_defect_type")
+    print(f"{args.category}: image AUROC {results['image_auroc']:.4f}, {pixel}; lowest recall: {weakest}")
 
 
 if __name__ == "__main__":

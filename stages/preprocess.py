@@ -13,7 +13,9 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
     params = load_params(args.params, args.category)
-    preprocess_category(args.raw, args.out, params.preprocess, min_train_images=params.data.min_train_images)
+    preprocess_category(
+        args.raw, args.out, params.preprocess, min_train_images=params.data.min_train_images, masks=params.data.masks
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Unit tests check the templates in ``.dvc/plots/`` (DVC's anchors, colour by revi
 training curve read back from DVCLive's files. The integration test runs the pipeline on tiny
 params in a temporary repository, renders ``dvc plots show`` in headless Chromium (offline, as
 in ``test_plots_offline.py``) and checks the charts by their titles: one training chart per
-category, ROC, PR, PRO and score histogram per category, the heatmaps image, and no chart
-titled with a file path. Then ``dvc plots diff`` between two revisions must put both in every
+category, ROC, PR, PRO, score histogram and the per-defect-type bars per category, the heatmaps,
+mistakes and selection images, and no chart titled with a file path. Then ``dvc plots diff`` between two revisions must put both in every
 chart. (``docs/plots.png`` is the same page for the real default pipeline: ``make screenshot``.)
 """
 
@@ -33,7 +33,10 @@ CHART_TITLES = (
     "{cat} image-level precision-recall",
     "{cat} pixel-level PRO curve up to FPR 0.3",
     "{cat} image scores, good vs defect",
+    "{cat} per defect type at the threshold",
 )
+# The images per category: heatmaps, the mistakes at the threshold and the fixed selection.
+IMAGES = ("heatmaps.png", "mistakes.png", "selection.png")
 
 
 def _templates_used() -> dict[str, dict]:
@@ -52,7 +55,7 @@ def _templates_used() -> dict[str, dict]:
 
 def test_dvc_yaml_templates_exist_and_colour_by_revision() -> None:
     templates = _templates_used()
-    assert set(templates) == {"loss_curve", "curve_operating_point", "pro_curve", "score_histogram"}
+    assert set(templates) == {"loss_curve", "curve_operating_point", "pro_curve", "score_histogram", "defect_types"}
     for name, content in templates.items():
         text = json.dumps(content)
         # DVC fills these anchors (dvc_render.vega_templates.Template.ANCHOR); data is required.
@@ -138,7 +141,9 @@ def test_plots_page_has_one_chart_of_each_kind_per_category(pipeline_repo: Path,
     categories = TINY_PARAMS["data"]["categories"]
     expected = sorted(t.format(cat=cat) for cat in categories for t in CHART_TITLES)
     assert sorted(titles) == expected
-    assert images == len(categories)  # plots/<category>/heatmaps.png
+    assert images == len(categories) * len(IMAGES)  # plots/<category>/{heatmaps,mistakes,selection}.png
+    for cat in categories:
+        assert all(f"plots/{cat}/{name}" in html.unescape(dom) for name in IMAGES), cat
     assert not [t for t in titles if re.search(r"[\\/]|\.(json|tsv|csv|png)\b", t)], titles
     # Data-driven parts of the templates drew: AU-PRO printed, the operating point labelled.
     assert len(re.findall(r">AU-PRO \d\.\d{3}</text>", dom)) == len(categories)
@@ -157,7 +162,7 @@ def test_plots_diff_overlays_both_revisions_in_every_chart(pipeline_repo: Path, 
     data = json.loads(dvc("plots", "diff", "HEAD", "p95", "--json", cwd=root).stdout)["data"]
     charts = {path: entries for path, entries in data.items() if entries}
     categories = TINY_PARAMS["data"]["categories"]
-    assert len(charts) == len(categories) * (len(CHART_TITLES) + 1)
+    assert len(charts) == len(categories) * (len(CHART_TITLES) + len(IMAGES))
     for path, entries in charts.items():
         for entry in entries:
             if entry["type"] == "vega":
@@ -168,6 +173,11 @@ def test_plots_diff_overlays_both_revisions_in_every_chart(pipeline_repo: Path, 
     # The histogram's threshold rule moved: the two revisions carry different thresholds.
     scores = charts[f"plots/{categories[0]}/scores.json"][0]["content"]["data"]["values"]
     assert len({(row["rev"], row["threshold"]) for row in scores}) == 2
+    # The per-type bars of both revisions, and the same selection image drawn once per revision.
+    bars = charts[f"plots/{categories[0]}/defect_types.json"][0]["content"]["data"]["values"]
+    assert {row["rev"] for row in bars} == {"HEAD", "p95"} and {row["measure"] for row in bars} >= {"recall", "false-alarm rate"}
+    selection = charts[f"plots/{categories[0]}/selection.png"]
+    assert sorted(entry["revisions"][0] for entry in selection) == ["HEAD", "p95"]
     # And the page renders with both revisions in it.
     out = tmp_path / "diff"
     dvc("plots", "diff", "HEAD", "p95", "--out", str(out), cwd=root)

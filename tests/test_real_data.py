@@ -17,3 +17,16 @@ def test_magnetic_tile_passes_validation_with_its_published_counts():
     defects = [item for item in listing.test if item.label == 1]
     assert len(defects) == 388 and all(item.mask is not None for item in defects)
     assert {item.defect_type for item in defects} == {"blowhole", "break", "crack", "fray", "uneven"}
+
+
+def test_magnetic_tile_without_ground_truth_needs_the_image_labels_only_flag(tmp_path):
+    # A copy without ground_truth/ (linked, outside the repository), as a user with image labels only has it.
+    copy = tmp_path / "magnetic_tile"
+    copy.mkdir()
+    for split in ("train", "test"):
+        (copy / split).symlink_to(MAGNETIC_TILE / split, target_is_directory=True)
+    refused = find_problems(copy, min_train_images=4)
+    assert len(refused) == 1 and "the 388 defective test image(s) have no masks" in refused[0]
+    assert "data.masks: none" in refused[0]
+    assert find_problems(copy, min_train_images=4, masks="none") == []
+    assert all(item.mask is None for item in list_category(copy, masks="none").test)

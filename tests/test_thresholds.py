@@ -12,13 +12,16 @@ from types import SimpleNamespace
 from anomaly_spotter.config import ScoreConfig, ThresholdsConfig, threshold_names
 from anomaly_spotter.detectors import DETECTORS
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.fileio import write_json
+from anomaly_spotter.fileio import dumps_json, write_json
 from anomaly_spotter.evaluation.thresholds import (
     FORMAT_VERSION,
     VALIDATION_SOURCE,
     ThresholdError,
     ThresholdsMismatchError,
     compute_thresholds,
+    false_alarm_rates,
+    false_alarm_target,
+    false_alarm_threshold,
     parse_thresholds,
     read_thresholds,
     score_record,
@@ -29,24 +32,59 @@ from anomaly_spotter.evaluation.thresholds import (
 
 def test_hand_computed_values() -> None:
     scores = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
-    t = compute_thresholds(scores, percentiles=(50.0, 90.0), std_k=2.0, iqr_k=1.5)
-    assert list(t) == ["percentile_50", "percentile_90", "mean_std_2", "iqr_1.5"]
+    t = compute_thresholds(scores, percentiles=(50.0, 90.0), std_k=2.0, iqr_k=1.5, fpr_percents=(20.0, 50.0))
+    assert list(t) == ["percentile_50", "percentile_90", "mean_std_2", "iqr_1.5", "fpr_20", "fpr_50"]
     assert t["percentile_50"] == 3.0
     assert t["percentile_90"] == pytest.approx(4.6)  # linear: 1 + 0.9 * 4 = 4.6
     assert t["mean_std_2"] == pytest.approx(3.0 + 2.0 * np.sqrt(2.5))  # sample std (ddof=1) = sqrt(10/4)
     assert t["iqr_1.5"] == pytest.approx(4.0 + 1.5 * 2.0)  # Q1 = 2, Q3 = 4
+    # fpr_20: floor(0.2 * 5) = 1 image may be flagged, so just above the second highest (4);
+    # fpr_50: floor(2.5) = 2, just above the third highest (3).
+    assert 4.0 < t["fpr_20"] < 4.0 + 1e-8 and 3.0 < t["fpr_50"] < 3.0 + 1e-8
+
+
+@pytest.mark.parametrize("percent, flagged", [(1.0, 0), (5.0, 1), (10.0, 2), (25.0, 5), (99.0, 19)])
+def test_false_alarm_threshold_flags_at_most_the_target_share(percent: float, flagged: int) -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.random(20)
+    threshold = false_alarm_threshold(scores, percent)
+    # Through thresholds.json (floats rounded to 10 digits) it flags exactly floor(p/100 * n) images.
+    stored = json.loads(dumps_json({"t": threshold}))["t"]
+    assert int((scores >= stored).sum()) == flagged == int(percent / 100 * 20)
+    assert false_alarm_rates(scores, {"fpr": stored}) == {"fpr": flagged / 20}
+
+
+def test_false_alarm_threshold_passes_ties_and_refuses_bad_targets() -> None:
+    scores = np.array([0.1, 0.5, 0.5, 0.5, 0.2])  # 20 %: one image may be flagged, but the top three tie
+    assert int((scores >= false_alarm_threshold(scores, 20.0)).sum()) == 0
+    with pytest.raises(ThresholdError, match="fpr_percents: 100 is not a false-alarm rate"):
+        false_alarm_threshold(scores, 100.0)
+
+
+def test_report_records_validation_false_alarm_rates_and_reader_keeps_them() -> None:
+    scores = np.linspace(0.0, 1.0, 50)
+    report = threshold_report(scores, ThresholdsConfig(strategy="fpr_1", fpr_percents=(1.0, 10.0)), {"map": "ssim"})
+    assert report["validation_false_alarm_rates"]["fpr_1"] == 0.0  # floor(0.5) = 0 of 50 may be flagged
+    assert report["validation_false_alarm_rates"]["fpr_10"] == pytest.approx(5 / 50)
+    parsed = parse_thresholds(dumps_json(report), "t.json")
+    assert parsed.strategy == "fpr_1" and parsed.threshold > 1.0
+    assert parsed.validation_false_alarm_rates == json.loads(dumps_json(report))["validation_false_alarm_rates"]
+    assert false_alarm_target("fpr_0.5") == 0.005 and false_alarm_target("iqr_1.5") is None
 
 
 def test_names_match_the_config_strategy_names() -> None:
-    config = ThresholdsConfig(percentiles=(95.0, 99.5), std_k=2.5, iqr_k=3.0)
-    t = compute_thresholds(np.linspace(0, 1, 20), percentiles=config.percentiles, std_k=config.std_k, iqr_k=config.iqr_k)
+    config = ThresholdsConfig(percentiles=(95.0, 99.5), std_k=2.5, iqr_k=3.0, fpr_percents=(0.5, 2.0))
+    t = compute_thresholds(
+        np.linspace(0, 1, 20), percentiles=config.percentiles, std_k=config.std_k, iqr_k=config.iqr_k,
+        fpr_percents=config.fpr_percents,
+    )
     assert list(t) == threshold_names(config)
 
 
 def test_select_threshold_and_its_error_lists_keys() -> None:
     t = compute_thresholds([0.1, 0.2, 0.3])
     assert select_threshold(t, "percentile_99") == t["percentile_99"]
-    with pytest.raises(ThresholdError, match="available: percentile_95, percentile_99, mean_std_3, iqr_1.5"):
+    with pytest.raises(ThresholdError, match="available: percentile_95, percentile_99, mean_std_3, iqr_1.5, fpr_1"):
         select_threshold(t, "percentile_90")
 
 

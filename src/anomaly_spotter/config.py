@@ -76,6 +76,9 @@ class DataConfig:
     archive: str = ""  # downloaded sources: an archive already on disk (no network)
     cache_dir: str = field(default=".cache/downloads")  # downloaded sources: where archives are kept between runs
     min_train_images: int = field(default=4, metadata=_range(1))
+    # pixel: every defective test image has a ground_truth/ mask; none: image labels only (no
+    # ground_truth/ at all; folder source): image metrics, gallery and thresholds, no pixel metrics.
+    masks: str = field(default="pixel", metadata=_choices("pixel", "none"))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -221,6 +224,7 @@ class ThresholdsConfig:
     percentiles: tuple[float, ...] = (95.0, 99.0)
     std_k: float = field(default=3.0, metadata=_range(0.0))
     iqr_k: float = field(default=1.5, metadata=_range(0.0))
+    fpr_percents: tuple[float, ...] = (1.0,)  # fpr_<p>: at most p % of the normal validation images flagged
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,9 @@ class EvaluateConfig:
     # AU-PRO (and LOCO's AU-sPRO) integrate up to this false positive rate: 0.3 is MVTec AD's
     # protocol; the MVTec AD 2 and LOCO papers report 0.05.
     pro_fpr_limit: float = field(default=0.3, metadata=_range(0.0, 1.0, lo_open=True))
+    gallery_size: int = field(default=12, metadata=_range(0, 200))  # misses and false alarms each on mistakes.png
+    compare_per_type: int = field(default=2, metadata=_range(0, 16))  # seeded images per type in selection.png
+    compare_seed: int = field(default=0, metadata=_range(0))
 
 
 @dataclass(frozen=True)
@@ -278,6 +285,15 @@ def iqr_key(k: float) -> str:
     return f"iqr_{k:g}"
 
 
+def fpr_key(p: float) -> str:
+    """Key of the threshold that flags at most ``p`` % of the normal validation images.
+
+    >>> fpr_key(1.0), fpr_key(0.5)
+    ('fpr_1', 'fpr_0.5')
+    """
+    return f"fpr_{p:g}"
+
+
 def check_percentile(p: float) -> str | None:
     """What is wrong with percentile ``p`` (None: nothing). Inclusive: 100 is the largest normal score.
 
@@ -291,9 +307,10 @@ def threshold_names(config: ThresholdsConfig) -> list[str]:
     """Names of the thresholds the ``thresholds`` stage computes, e.g. ``percentile_99``.
 
     >>> threshold_names(ThresholdsConfig())
-    ['percentile_95', 'percentile_99', 'mean_std_3', 'iqr_1.5']
+    ['percentile_95', 'percentile_99', 'mean_std_3', 'iqr_1.5', 'fpr_1']
     """
-    return [percentile_key(p) for p in config.percentiles] + [mean_std_key(config.std_k), iqr_key(config.iqr_k)]
+    fixed = [mean_std_key(config.std_k), iqr_key(config.iqr_k)]
+    return [percentile_key(p) for p in config.percentiles] + fixed + [fpr_key(p) for p in config.fpr_percents]
 
 
 # Sections a preset may override: everything that shapes one category's model and its scoring.
@@ -430,6 +447,12 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
         problem = check_percentile(p)
         if problem:
             problems.append(f"{prefix}thresholds.percentiles: {problem}")
+    for p in params.thresholds.fpr_percents:
+        if not 0.0 < p < 100.0:
+            problems.append(f"{prefix}thresholds.fpr_percents: {p:g} is not a false-alarm rate in percent in (0, 100)")
+    if params.data.masks == "none" and params.data.source != "folder":
+        source = params.data.source
+        problems.append(f"{prefix}data.masks: 'none' (image labels only) is for data.source folder; {source} ships masks")
     names = threshold_names(params.thresholds)
     if params.thresholds.strategy not in names:
         problems.append(

@@ -18,6 +18,8 @@ not checked here: only :mod:`anomaly_spotter.dataset.regions` reads it.
 read at their native bit depth by :func:`anomaly_spotter.dataset.images.read_mask_values` (8- or 16-bit
 grayscale, RGB or palette: a pixel is defective when any channel is > 0). A defective image's
 mask must mark at least one pixel: an all-zero mask would count its defect as normal pixels.
+With ``masks="none"`` (``data.masks: none``: image labels only) there must be no ``ground_truth/``
+at all; a set where only *some* defective images have masks is refused either way.
 
 :func:`find_problems` reports *every* problem at once (a user fixing a 400-image folder should
 not have to rerun the stage once per broken file). Each problem names the file or folder,
@@ -119,8 +121,9 @@ def _entries(folder: Path) -> list[Path]:
 class _Scanner:
     """Walks a category once, collecting the listing and the structural problems."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, masks: str = "pixel") -> None:
         self.root = root
+        self.masks = masks  # data.masks: "pixel" or "none" (image labels only)
         self.problems: list[str] = []
 
     def rel(self, path: Path) -> str:
@@ -217,7 +220,14 @@ class _Scanner:
 
     def scan_test(self) -> list[TestImage]:
         test = self.root / "test"
-        masks = self.scan_masks()
+        if self.masks == "none" and (self.root / "ground_truth").exists():
+            self.problems.append(
+                "ground_truth/: data.masks is 'none' (image labels only) but the folder is there; "
+                "delete or move ground_truth/, or set data.masks: pixel to use its masks"
+            )
+            masks = None
+        else:
+            masks = self.scan_masks()
         if not test.is_dir():
             self.problems.append("test/: folder is missing; put test images in test/good/ and test/<defect type>/")
             test_dirs: list[Path] = []
@@ -250,12 +260,13 @@ class _Scanner:
                     elif masks is not None:
                         unmasked.append(image)
                 items.append(TestImage(path=image, label=label, defect_type=defect, mask=mask))
-        if masks is None:
+        if masks is None and self.masks != "none":
             defective = sum(item.label for item in items)
             if defective:
                 self.problems.append(
                     f"ground_truth/: folder is missing, so the {defective} defective test image(s) have no masks; "
-                    f"add ground_truth/<defect type>/<image name>{MASK_SUFFIX}.png for each"
+                    f"add ground_truth/<defect type>/<image name>{MASK_SUFFIX}.png for each, "
+                    f"or set data.masks: none to evaluate with image labels only (no pixel metrics)"
                 )
         for image in unmasked:
             self.problems.append(
@@ -272,7 +283,7 @@ class _Scanner:
         return sorted(items, key=lambda item: (item.defect_type, item.path.name))
 
 
-def list_category(category_dir: str | os.PathLike[str]) -> CategoryListing:
+def list_category(category_dir: str | os.PathLike[str], *, masks: str = "pixel") -> CategoryListing:
     """List the images and masks of a category (sorted; no decoding).
 
     Files that :func:`find_problems` would report (unknown types, orphan masks) are left out,
@@ -282,7 +293,7 @@ def list_category(category_dir: str | os.PathLike[str]) -> CategoryListing:
     >>> list_category("data/raw/bottle").defect_types  # doctest: +SKIP
     ('broken_large', 'broken_small', 'contamination')
     """
-    return _Scanner(Path(category_dir)).scan()
+    return _Scanner(Path(category_dir), masks).scan()
 
 
 def _decode_problem(exc: DataError, path: Path, root: Path) -> list[str]:
@@ -356,13 +367,15 @@ def _content_problems(listing: CategoryListing) -> list[str]:
         return [problem for problems in (*train, *test) for problem in problems]
 
 
-def find_problems(category_dir: str | os.PathLike[str], *, min_train_images: int = 1) -> list[str]:
+def find_problems(
+    category_dir: str | os.PathLike[str], *, min_train_images: int = 1, masks: str = "pixel"
+) -> list[str]:
     """Every problem with the category at ``category_dir``; an empty list when it is usable.
 
     Checks the folder structure, file types, that every image and mask decodes, that every
     defective test image has exactly one mask of the same size holding binary values with at
     least one defect pixel, that no mask lacks an image or belongs to a good image, and that
-    ``train/good`` holds at least ``min_train_images`` images.
+    ``train/good`` holds at least ``min_train_images`` images. ``masks="none"``: no ``ground_truth/``.
 
     >>> find_problems("data/raw/bottle", min_train_images=10)  # doctest: +SKIP
     ['ground_truth/crack/001_mask.png: mask without an image (no test/crack/001.*); delete it or add the image']
@@ -371,7 +384,7 @@ def find_problems(category_dir: str | os.PathLike[str], *, min_train_images: int
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "the category folder does not exist"
         return [f"{root}: {what}; check the path and the category name"]
-    scanner = _Scanner(root)
+    scanner = _Scanner(root, masks)
     listing = scanner.scan()
     problems = scanner.problems
     if (root / "train" / GOOD).is_dir() and len(listing.train) < min_train_images:
@@ -382,11 +395,11 @@ def find_problems(category_dir: str | os.PathLike[str], *, min_train_images: int
     return problems + _content_problems(listing)
 
 
-def validate_category(category_dir: str | os.PathLike[str], *, min_train_images: int = 1) -> None:
+def validate_category(category_dir: str | os.PathLike[str], *, min_train_images: int = 1, masks: str = "pixel") -> None:
     """Raise :class:`DataError` listing every problem of the category, or return quietly.
 
     >>> validate_category("data/raw/bottle", min_train_images=4)  # doctest: +SKIP
     """
-    problems = find_problems(category_dir, min_train_images=min_train_images)
+    problems = find_problems(category_dir, min_train_images=min_train_images, masks=masks)
     if problems:
         raise DataError(problems, root=str(category_dir))

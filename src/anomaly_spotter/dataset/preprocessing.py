@@ -55,11 +55,22 @@ def _load_images(paths: list[Path], size: int) -> tuple[np.ndarray, list[tuple[i
     return out, sizes
 
 
-def preprocess_category(raw_dir: str | Path, out_dir: str | Path, config: PreprocessConfig, *, min_train_images: int = 2) -> None:
-    """Decode ``raw_dir`` (MVTec AD layout) into the arrays described above, in ``out_dir``."""
+def preprocess_category(
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    config: PreprocessConfig,
+    *,
+    min_train_images: int = 2,
+    masks: str = "pixel",
+) -> None:
+    """Decode ``raw_dir`` (MVTec AD layout) into the arrays described above, in ``out_dir``.
+
+    ``masks`` is ``data.masks``: ``none`` accepts a category without ``ground_truth/`` (image labels only).
+    """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    validate_category(raw_dir, min_train_images=max(2, min_train_images))
-    listing = list_category(raw_dir)
+    mask_mode = masks  # (``masks`` names the mask array below)
+    validate_category(raw_dir, min_train_images=max(2, min_train_images), masks=mask_mode)
+    listing = list_category(raw_dir, masks=mask_mode)
     size = config.image_size
     if listing.validation:
         # The dataset's own validation split: what its benchmark expects thresholds and model
@@ -102,6 +113,7 @@ def preprocess_category(raw_dir: str | Path, out_dir: str | Path, config: Prepro
                 "train": [p.relative_to(raw_dir).as_posix() for p in train_paths],
                 "val": [p.relative_to(raw_dir).as_posix() for p in val_paths],
                 "val_source": val_source,
+                "masks": mask_mode,
                 "test": items,
             },
         )

@@ -8,8 +8,9 @@ A folder ``data/processed/<category>/``, written atomically as one unit by
                                                validation/good split when it has one, else a
                                                hold-out of train/good (index.json "val_source")
     test.npy         uint8 (N_test, S, S, 3)   test images
-    test_masks.npy   uint8 (N_test, S, S)      ground truth at model resolution (0/1)
-    index.json       file names per split, test labels, defect types, mask paths and original sizes
+    test_masks.npy   uint8 (N_test, S, S)      ground truth at model resolution (0/1; all 0 without masks)
+    index.json       file names per split, test labels, defect types, mask paths and original sizes;
+                     "masks": "pixel", or "none" for image labels only (data.masks)
 
 This module is its own file because it is a DVC dependency of train, thresholds, evaluate and
 export: an edit to how preprocessing *works* must not re-run them, only an edit to the format.
@@ -64,6 +65,7 @@ class ProcessedCategory:
     train_files: tuple[str, ...]
     val_files: tuple[str, ...]
     val_source: str = "holdout"  # "official" (validation/good) or "holdout" (of train/good)
+    masks: str = "pixel"  # "pixel": every defective test image has a mask; "none": image labels only
 
     @property
     def test_labels(self) -> np.ndarray:
@@ -102,4 +104,5 @@ def load_processed(folder: str | Path) -> ProcessedCategory:
         train_files=tuple(index["train"]),
         val_files=tuple(index["val"]),
         val_source=str(index.get("val_source", "holdout")),  # folders written before it existed are hold-outs
+        masks=str(index.get("masks", "pixel")),  # ... and had masks
     )

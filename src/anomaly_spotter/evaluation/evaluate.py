@@ -12,13 +12,18 @@ Outputs for one category:
   ``roc.json`` and ``pr.json`` (one extra row, ``operating_point: true``, is where the chosen
   threshold sits on the curve), ``pro.json`` (the PRO curve up to that FPR, every row carrying
   ``au_pro``) and ``scores.json`` (every test image's score, label and the threshold); also
-  ``heatmaps.png`` and ``score_histogram.png``;
-* ``evaluation/<category>/scores.csv`` – one row per test image; with
+  ``heatmaps.png`` and ``score_histogram.png``; at the threshold (:mod:`anomaly_spotter.evaluation.mistakes`):
+  ``mistakes.png`` (the worst misses and false alarms), ``selection.png`` (the same seeded test
+  images in every experiment) and ``defect_types.json`` (recall and region PRO per defect type,
+  the good images' false-alarm rate);
+* ``evaluation/<category>/scores.csv`` – one row per test image; ``mistakes.csv`` and
+  ``mistakes/``, every miss and false alarm drawn; with
   ``evaluate.export_maps`` also ``anomaly_maps/<category>/test/<defect>/<id>.tiff``, the
   layout MVTec's official evaluation script reads.
 
 Pixel metrics are computed at each image's original resolution by default, as MVTec's
-evaluation does: maps are upsampled one image at a time and kept as float32.
+evaluation does: maps are upsampled one image at a time and kept as float32. A category with
+image labels only (``data.masks: none``) skips them, and ``pixel_metrics`` says so.
 
 Example:
     >>> evaluate_category(data, raw_dir, model, thresholds, params, category="weave",
@@ -42,6 +47,7 @@ from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
 from anomaly_spotter.dataset.images import encode_float_tiff, read_mask
 from anomaly_spotter.dataset.processed import ProcessedCategory
 from anomaly_spotter.dataset.regions import read_regions
+from anomaly_spotter.evaluation.mistakes import PIXEL_SKIPPED, defect_type_rows, mistake_files, operating_point_results
 from anomaly_spotter.scoring import ScoredImages, score_images
 from anomaly_spotter.evaluation.thresholds import Thresholds, score_record
 from anomaly_spotter.evaluation.visualize import HeatmapRow, heatmap_grid_png, score_histogram_png
@@ -66,19 +72,25 @@ def compute_metrics(
     data: ProcessedCategory,
     scored: ScoredImages,
     threshold: float,
-    masks: list[np.ndarray],
-    maps: list[np.ndarray],
+    masks: list[np.ndarray] | None,
+    maps: list[np.ndarray] | None,
     *,
     fpr_limit: float = EvaluateConfig().pro_fpr_limit,
 ) -> dict[str, Any]:
-    """Every number of ``metrics/<category>.json``; AU-PRO integrates up to ``fpr_limit`` (``evaluate.pro_fpr_limit``)."""
+    """Every number of ``metrics/<category>.json``; AU-PRO integrates up to ``fpr_limit`` (``evaluate.pro_fpr_limit``).
+
+    Without ``masks`` (image labels only) the pixel metrics are left out and ``pixel_metrics`` says why.
+    """
     labels, scores = data.test_labels, scored.scores
     at_threshold = m.classification_at_threshold(labels, scores, threshold)
     oracle = m.f1_max(labels, scores)
+    if masks is None or maps is None:
+        pixel: dict[str, Any] = {"pixel_metrics": PIXEL_SKIPPED}
+    else:
+        pixel = {"pixel_auroc": m.pixel_auroc(masks, maps), "au_pro": m.au_pro(masks, maps, fpr_limit=fpr_limit)}
     return {
         "image_auroc": m.image_auroc(labels, scores),
-        "pixel_auroc": m.pixel_auroc(masks, maps),
-        "au_pro": m.au_pro(masks, maps, fpr_limit=fpr_limit),
+        **pixel,
         **at_threshold,
         "threshold": threshold,
         "f1_max_oracle": oracle["f1_max"],  # best F1 over all thresholds: peeks at test labels
@@ -182,15 +194,18 @@ def evaluate_category(
     thresholds.require_score(score_record(params.score, model), category=category, user="evaluate")
     threshold = thresholds.threshold
     scored = score_images(model, data.test, params.score)
-    masks, maps = pixel_inputs(data, Path(raw_dir), scored.maps, params.evaluate.resolution)
+    with_masks = data.masks != "none"
+    resolution = params.evaluate.resolution
+    masks, maps = pixel_inputs(data, Path(raw_dir), scored.maps, resolution) if with_masks else (None, None)
     fpr_limit = params.evaluate.pro_fpr_limit
     results = compute_metrics(data, scored, threshold, masks, maps, fpr_limit=fpr_limit)
-    regions = read_regions(Path(raw_dir), data.test_items)
+    regions = read_regions(Path(raw_dir), data.test_items) if with_masks else None
     if regions is not None:  # MVTec LOCO AD: its official sPRO, on maps at the regions' (original) size
         original = maps if params.evaluate.resolution == "original" else pixel_inputs(data, Path(raw_dir), scored.maps, "original")[1]
         good = [item.label == 0 for item in data.test_items]
         results["au_spro"] = m.au_spro(original, regions, good, fpr_limit=fpr_limit)
     results["threshold_strategy"] = thresholds.strategy
+    results.update(operating_point_results(data, scored.scores, thresholds, masks, maps))
     labels = data.test_labels
 
     roc_point, pr_point = operating_points(results)
@@ -198,20 +213,32 @@ def evaluate_category(
     with staging_dir(plots_dir) as plots, staging_dir(results_dir) as out:
         write_json(plots / "roc.json", {"roc": curve_with_operating_point(m.roc_points(labels, scored.scores), roc_point)})
         write_json(plots / "pr.json", {"pr": curve_with_operating_point(m.pr_points(labels, scored.scores), pr_point)})
-        pro = m.pro_points(masks, maps, fpr_limit=fpr_limit)
-        write_json(plots / "pro.json", {"pro": _curve_rows(pro, au_pro=results["au_pro"])})
+        if masks is not None and maps is not None:
+            pro_rows = _curve_rows(m.pro_points(masks, maps, fpr_limit=fpr_limit), au_pro=results["au_pro"], note="")
+        else:  # the chart says why it is empty
+            pro_rows = [{"fpr": 0.0, "pro": 0.0, "au_pro": None, "note": f"pixel metrics {PIXEL_SKIPPED}"}]
+        write_json(plots / "pro.json", {"pro": pro_rows})
         write_json(plots / "scores.json", {"scores": score_rows(data, scored.scores, threshold)})
+        write_json(plots / "defect_types.json", {"defect_types": defect_type_rows(results)})
         # One colour scale for all rows, from the typical map value (blue) to the extreme (red).
         vmin, vmax = (float(q) for q in np.quantile(scored.maps, (0.5, 0.999)))
         rows = heatmap_rows(data, scored, params.evaluate.heatmap_examples)
-        write_bytes(plots / "heatmaps.png", heatmap_grid_png(rows, pixel_threshold=threshold, vmin=vmin, vmax=vmax))
+        mask_title = "ground truth" if with_masks else "no masks (image labels only)"
+        heatmaps = heatmap_grid_png(rows, pixel_threshold=threshold, vmin=vmin, vmax=vmax, mask_title=mask_title)
+        write_bytes(plots / "heatmaps.png", heatmaps)
+        gallery, cases = mistake_files(
+            data, scored, thresholds, params.evaluate, category=category, vmin=vmin, vmax=vmax
+        )
+        for name, content in (*((plots / n, c) for n, c in gallery.items()), *((out / n, c) for n, c in cases.items())):
+            write_bytes(name, content)
         write_bytes(
             plots / "score_histogram.png",
             score_histogram_png(scored.scores[labels == 0], scored.scores[labels == 1], threshold=threshold, title=f"{category}: image scores"),
         )
         write_bytes(out / "scores.csv", scores_csv(data, scored.scores, threshold))
         if params.evaluate.export_maps:  # always at original size, as MVTec's script expects
-            original = maps if params.evaluate.resolution == "original" else pixel_inputs(data, Path(raw_dir), scored.maps, "original")[1]
+            at_original = with_masks and params.evaluate.resolution == "original"
+            original = maps if at_original else pixel_inputs(data, Path(raw_dir), scored.maps, "original")[1]
             export_tiffs(out / "anomaly_maps", category, data, original)
     write_json(metrics_path, results)
     return results

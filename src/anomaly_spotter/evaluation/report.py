@@ -3,7 +3,9 @@
 ``metrics/summary.json`` holds, for every numeric metric, its value per category and the
 mean over categories. ``metrics/summary.md`` opens with a compact table, one row per category:
 the headline metrics next to the params that produced them (each category's own, presets
-merged), then shows every metric in the full table.
+merged), then, at the operating threshold, the defect type with the lowest recall per category
+and the false-alarm rate on the good test images beside its target; a category whose pixel
+metrics were skipped (image labels only) gets a line saying why. Then every metric in full.
 
 Example:
     >>> summarise({"a": {"image_auroc": 1.0}, "b": {"image_auroc": 0.5}})
@@ -26,7 +28,7 @@ from anomaly_spotter.fileio import write_json, write_text
 HEADLINE = ("image_auroc", "pixel_auroc", "au_pro", "f1", "precision", "recall", "accuracy", "f1_max_oracle")
 MEAN = "mean"
 # Per-category only: a mean of thresholds or of confusion counts over categories means nothing.
-NOT_AVERAGED = frozenset({"threshold", "tp", "fp", "tn", "fn", "test_images"})
+NOT_AVERAGED = frozenset({"threshold", "tp", "fp", "tn", "fn", "test_images", "good_images"})
 # The compact table: these metrics (column title, metric name) ...
 COMPACT_METRICS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AU-PRO", "au_pro"), ("F1", "f1"))
 # ... next to the params that explain them most often (column title, dotted name); dvc.yaml
@@ -111,6 +113,35 @@ def headline_table(summary: dict[str, dict[str, float]], params_by_category: Map
     return "\n".join(lines) + "\n"
 
 
+def _share(value: Any) -> str:
+    return f"{float(value):.1%}" if isinstance(value, (int, float)) and math.isfinite(value) else ""
+
+
+def threshold_section(per_category: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per category: the defect type with the lowest recall at the threshold and the false-alarm rates.
+
+    >>> print(threshold_section({"a": {"per_defect_recall": {"crack": 0.5, "hole": 1.0}, "weakest_defect_type": "crack",
+    ...                                "false_alarm_rate": 0.02, "false_alarm_rate_target": 0.01}}), end="")
+    | category | lowest recall | its recall | recall per defect type | false alarms (test good) | target | validation |
+    |---|---|---|---|---|---|---|
+    | a | crack | 50.0% | crack 50.0%, hole 100.0% | 2.0% | 1.0% |  |
+    """
+    titles = ("category", "lowest recall", "its recall", "recall per defect type", "false alarms (test good)", "target",
+              "validation")
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    notes = []
+    for cat, metrics in per_category.items():
+        recall = metrics.get("per_defect_recall") or {}
+        weakest = str(metrics.get("weakest_defect_type", ""))
+        per_type = ", ".join(f"{name} {_share(value)}" for name, value in recall.items())
+        cells = [cat, weakest, _share(recall.get(weakest)), per_type, _share(metrics.get("false_alarm_rate")),
+                 _share(metrics.get("false_alarm_rate_target")), _share(metrics.get("false_alarm_rate_validation"))]
+        lines.append("| " + " | ".join(cells) + " |")
+        if isinstance(metrics.get("pixel_metrics"), str):
+            notes.append(f"- {cat}: pixel metrics {metrics['pixel_metrics']}")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
 def write_report(
     categories: Sequence[str],
     metrics_dir: str | Path,
@@ -137,5 +168,10 @@ def write_report(
     summary = summarise(per_category)
     write_json(out_json, summary)
     compact = headline_table(summary, {cat: (params_by_category or {}).get(cat, {}) for cat in categories})
-    write_text(out_table, f"# Evaluation summary\n\n{compact}\n## Every metric\n\n{markdown_table(summary, list(categories))}")
+    at_threshold = threshold_section(per_category)
+    write_text(
+        out_table,
+        f"# Evaluation summary\n\n{compact}\n## At the threshold\n\n{at_threshold}\n"
+        f"## Every metric\n\n{markdown_table(summary, list(categories))}",
+    )
     return summary

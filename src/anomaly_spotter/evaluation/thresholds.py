@@ -10,10 +10,14 @@ key                       value                                                 
 ``percentile_<p>``        p-th percentile (numpy's linear interpolation)              ``percentiles``
 ``mean_std_<k>``          mean + k · sample standard deviation (ddof = 1)             ``std_k``
 ``iqr_<k>``               Q3 + k · (Q3 − Q1) (Tukey's fence; quartiles as above)      ``iqr_k``
+``fpr_<p>``               just above the (⌊p/100 · n⌋ + 1)-th highest normal score:   ``fpr_percents``
+                          at most p % of the n validation images are flagged
 ========================  ==========================================================  =========
 
 ``<p>`` and ``<k>`` are written with Python's ``:g`` format (``99``, ``99.5``, ``1.5``), the
 same names :func:`anomaly_spotter.config.threshold_names` lists (the naming scheme lives there) for ``thresholds.strategy``.
+``thresholds.json`` also holds, per candidate, the share of the validation images it flags
+(``validation_false_alarm_rates``), so a target false-alarm rate can be checked against it.
 
 ``thresholds.json`` (:func:`threshold_report` writes it, :func:`read_thresholds` is its one
 reader) also records what the scores were: the params that shape them (:func:`score_record`:
@@ -31,7 +35,7 @@ Example:
     >>> import numpy as np
     >>> t = compute_thresholds(np.arange(1.0, 101.0), percentiles=(95.0,), std_k=2.0, iqr_k=1.5)
     >>> sorted(t)
-    ['iqr_1.5', 'mean_std_2', 'percentile_95']
+    ['fpr_1', 'iqr_1.5', 'mean_std_2', 'percentile_95']
     >>> select_threshold(t, "percentile_95")
     95.05
 """
@@ -49,9 +53,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from anomaly_spotter.config import ScoreConfig, ThresholdsConfig, check_percentile, iqr_key, mean_std_key, percentile_key
+from anomaly_spotter.config import (
+    ScoreConfig,
+    ThresholdsConfig,
+    check_percentile,
+    fpr_key,
+    iqr_key,
+    mean_std_key,
+    percentile_key,
+)
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.fileio import dumps_json
+from anomaly_spotter.fileio import FLOAT_DIGITS, dumps_json
 
 _DEFAULTS = ThresholdsConfig()  # compute_thresholds' defaults are params.yaml's: stated once
 
@@ -90,6 +102,7 @@ class ThresholdSettings(Protocol):
     percentiles: tuple[float, ...]
     std_k: float
     iqr_k: float
+    fpr_percents: tuple[float, ...]
 
 
 def _validation_scores(val_scores: Any) -> np.ndarray:
@@ -112,13 +125,15 @@ def compute_thresholds(
     percentiles: Iterable[float] = _DEFAULTS.percentiles,
     std_k: float = _DEFAULTS.std_k,
     iqr_k: float = _DEFAULTS.iqr_k,
+    fpr_percents: Iterable[float] = _DEFAULTS.fpr_percents,
 ) -> dict[str, float]:
     """All candidate thresholds from normal validation scores, keyed as in the module docstring.
 
-    Keys come in a fixed order: the percentiles as given, then ``mean_std_<k>``, then ``iqr_<k>``.
+    Keys come in a fixed order: the percentiles as given, then ``mean_std_<k>``, then ``iqr_<k>``,
+    then the ``fpr_<p>`` of ``fpr_percents``.
 
-    >>> compute_thresholds([1.0, 2.0, 3.0, 4.0, 5.0], percentiles=(50,), std_k=1, iqr_k=1)
-    {'percentile_50': 3.0, 'mean_std_1': 4.58113883008419, 'iqr_1': 6.0}
+    >>> compute_thresholds([1.0, 2.0, 3.0, 4.0, 5.0], percentiles=(50,), std_k=1, iqr_k=1, fpr_percents=(20,))
+    {'percentile_50': 3.0, 'mean_std_1': 4.58113883008419, 'iqr_1': 6.0, 'fpr_20': 4.000000001}
     """
     s = _validation_scores(val_scores)
     percentiles = tuple(float(p) for p in percentiles)
@@ -137,7 +152,62 @@ def compute_thresholds(
     result[mean_std_key(std_k)] = float(s.mean() + std_k * s.std(ddof=1))
     q1, q3 = np.percentile(s, (25.0, 75.0))
     result[iqr_key(iqr_k)] = float(q3 + iqr_k * (q3 - q1))
+    for p in fpr_percents:
+        result[fpr_key(float(p))] = false_alarm_threshold(s, float(p))
     return result
+
+
+def _just_above(x: float) -> float:
+    """The smallest number above ``x`` that keeps its value through ``thresholds.json`` (FLOAT_DIGITS digits).
+
+    >>> _just_above(4.0), _just_above(0.0)
+    (4.000000001, 1e-12)
+    """
+    rounded = float(f"{x:.{FLOAT_DIGITS}g}")
+    if rounded > x:
+        return rounded
+    step = 10.0 ** (math.floor(math.log10(abs(x))) - (FLOAT_DIGITS - 1)) if x else 1e-12
+    return float(f"{x + step:.{FLOAT_DIGITS}g}")
+
+
+def false_alarm_threshold(val_scores: np.ndarray | Iterable[float], percent: float) -> float:
+    """The ``fpr_<percent>`` threshold: at most ``percent`` % of the normal validation images score >= it.
+
+    ``⌊percent/100 · n⌋`` images may be flagged, so the threshold sits just above the next-highest
+    score (ties there are all passed). With 10 images and 1 %, none may be flagged: just above the maximum.
+
+    >>> false_alarm_threshold(np.arange(1.0, 11.0), 1.0), false_alarm_threshold(np.arange(1.0, 11.0), 20.0)
+    (10.00000001, 8.000000001)
+    """
+    s = _validation_scores(val_scores)
+    if not 0.0 < percent < 100.0:
+        raise ThresholdError(f"fpr_percents: {percent:g} is not a false-alarm rate in percent in (0, 100)")
+    allowed = math.floor(percent / 100.0 * len(s) + 1e-9)
+    return _just_above(float(np.sort(s)[::-1][allowed]))
+
+
+def false_alarm_rates(val_scores: np.ndarray | Iterable[float], thresholds: Mapping[str, float]) -> dict[str, float]:
+    """Share of the validation scores at or above each threshold (what each would flag), by name.
+
+    >>> false_alarm_rates([1.0, 2.0, 3.0, 4.0], {"a": 2.0, "b": 4.5})
+    {'a': 0.75, 'b': 0.0}
+    """
+    s = np.asarray(val_scores, dtype=np.float64)
+    return {name: float(np.mean(s >= value)) for name, value in thresholds.items()}
+
+
+def false_alarm_target(strategy: str) -> float | None:
+    """The target false-alarm rate (a fraction) of an ``fpr_<p>`` strategy; None for the other rules.
+
+    >>> false_alarm_target("fpr_1"), false_alarm_target("percentile_99")
+    (0.01, None)
+    """
+    if not strategy.startswith("fpr_"):
+        return None
+    try:
+        return float(strategy[len("fpr_"):]) / 100.0
+    except ValueError:
+        return None
 
 
 def select_threshold(thresholds: dict[str, float], strategy: str) -> float:
@@ -187,18 +257,25 @@ def threshold_report(
     data's (``holdout`` or ``official``, :data:`VALIDATION_SOURCES`).
 
     >>> from types import SimpleNamespace
-    >>> cfg = SimpleNamespace(strategy="iqr_1.5", percentiles=(99.0,), std_k=3.0, iqr_k=1.5)
+    >>> cfg = SimpleNamespace(strategy="iqr_1.5", percentiles=(99.0,), std_k=3.0, iqr_k=1.5, fpr_percents=(1.0,))
     >>> r = threshold_report([0.1, 0.2, 0.3, 0.4], cfg, {"map": "ssim", "image_size": 32})
     >>> r["strategy"], round(r["threshold"], 4), sorted(r["thresholds"]), r["validation"]["images"]
-    ('iqr_1.5', 0.55, ['iqr_1.5', 'mean_std_3', 'percentile_99'], 4)
+    ('iqr_1.5', 0.55, ['fpr_1', 'iqr_1.5', 'mean_std_3', 'percentile_99'], 4)
     """
     s = _validation_scores(val_scores)
-    candidates = compute_thresholds(s, percentiles=settings.percentiles, std_k=settings.std_k, iqr_k=settings.iqr_k)
+    candidates = compute_thresholds(
+        s,
+        percentiles=settings.percentiles,
+        std_k=settings.std_k,
+        iqr_k=settings.iqr_k,
+        fpr_percents=settings.fpr_percents,
+    )
     return {
         "format": FORMAT_VERSION,
         "strategy": settings.strategy,
         "threshold": select_threshold(candidates, settings.strategy),
         "thresholds": candidates,
+        "validation_false_alarm_rates": false_alarm_rates(s, candidates),
         "score": dict(score),
         "validation": {"source": VALIDATION_SOURCES[val_source], "images": len(s)},
         "validation_scores": {
@@ -235,6 +312,8 @@ class Thresholds:
     validation_images: int
     normal_score_min: float | None  # lowest normal validation score (predict's heatmap colour scale)
     where: str  # the file (and revision) it came from, for messages
+    # share of the validation images each candidate flags (empty in files written before it existed)
+    validation_false_alarm_rates: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def require_score(self, current: Mapping[str, Any], *, category: str | None = None, user: str = "evaluate") -> None:
         """Raise :class:`ThresholdsMismatchError` unless ``current`` (a :func:`score_record`) is the recorded one.
@@ -296,6 +375,7 @@ def parse_thresholds(data: Mapping[str, Any] | str | bytes, where: str, *, categ
         candidates = {str(k): float(v) for k, v in raw.get("thresholds", {}).items()}
         stats = raw.get("validation_scores") or {}
         normal_min = stats.get("min")
+        rates = {str(k): float(v) for k, v in (raw.get("validation_false_alarm_rates") or {}).items()}
         parsed = Thresholds(
             threshold=threshold,
             strategy=strategy,
@@ -305,6 +385,7 @@ def parse_thresholds(data: Mapping[str, Any] | str | bytes, where: str, *, categ
             validation_images=int(validation["images"]),
             normal_score_min=float(normal_min) if isinstance(normal_min, (int, float)) else None,
             where=where,
+            validation_false_alarm_rates=rates,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ThresholdError(f"{where} is malformed ({type(exc).__name__}: {exc}); run {rerun} to rewrite it") from exc

@@ -43,7 +43,9 @@ class HeatmapRow:
     mask: np.ndarray  # bool (H, W) ground truth
 
 
-def heatmap_grid_png(rows: Sequence[HeatmapRow], *, pixel_threshold: float, vmin: float, vmax: float) -> bytes:
+def heatmap_grid_png(
+    rows: Sequence[HeatmapRow], *, pixel_threshold: float, vmin: float, vmax: float, mask_title: str = "ground truth"
+) -> bytes:
     """Grid of input | reconstruction | map overlay | thresholded map | ground truth per row.
 
     The map colour scale (``vmin`` to ``vmax``) is shared by all rows so rows can be compared.
@@ -51,7 +53,7 @@ def heatmap_grid_png(rows: Sequence[HeatmapRow], *, pixel_threshold: float, vmin
     default top-k-mean image score, that is where the image's score comes from.
     """
     with_reconstruction = any(row.reconstruction is not None for row in rows)
-    columns = ("input", "reconstruction", "anomaly map", f"map >= {pixel_threshold:.3g}", "ground truth")
+    columns = ("input", "reconstruction", "anomaly map", f"map >= {pixel_threshold:.3g}", mask_title)
     if not with_reconstruction:
         columns = tuple(c for c in columns if c != "reconstruction")
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.0 * len(columns), 2.0 * len(rows)), squeeze=False)

@@ -25,15 +25,19 @@ if TYPE_CHECKING:
     from anomaly_spotter.config import DataConfig
 
 
-def import_folder_category(source_dir: str | Path, dest: str | Path, *, min_train_images: int) -> None:
+def import_folder_category(
+    source_dir: str | Path, dest: str | Path, *, min_train_images: int, masks: str = "pixel"
+) -> None:
     """Validate ``source_dir`` and copy its ``train/``, ``test/`` and ``ground_truth/`` images to ``dest``.
+
+    ``masks`` is ``data.masks`` (``none``: image labels only, no ``ground_truth/``; see :mod:`anomaly_spotter.dataset.layout`).
 
     Raises :class:`~anomaly_spotter.errors.DataError` listing every problem of the source
     (``dest`` is then left as it was).
     """
     source_dir, dest = Path(source_dir), Path(dest)
-    validate_category(source_dir, min_train_images=min_train_images)
-    listing = list_category(source_dir)
+    validate_category(source_dir, min_train_images=min_train_images, masks=masks)
+    listing = list_category(source_dir, masks=masks)
     with staging_dir(dest) as staging:
         for path in listing.files():
             target = staging / path.relative_to(source_dir)
@@ -46,7 +50,7 @@ def import_folder_category(source_dir: str | Path, dest: str | Path, *, min_trai
 def _fetch(category: str, dest: Path, config: DataConfig) -> None:
     if not config.root:
         raise UserError("data.source is 'folder' but data.root is empty; set it to the folder holding <category>/ sub-folders")
-    import_folder_category(Path(config.root) / category, dest, min_train_images=config.min_train_images)
+    import_folder_category(Path(config.root) / category, dest, min_train_images=config.min_train_images, masks=config.masks)
 
 
 SOURCE = Source("folder", None, _fetch)
