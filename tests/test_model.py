@@ -1,11 +1,21 @@
 import pytest
 import torch
 
+from anomaly_spotter.config import parse_params
+from anomaly_spotter.detectors import check_params
 from anomaly_spotter.detectors.autoencoder import AutoencoderUNetLite, count_parameters
+from anomaly_spotter.errors import ConfigError
+
+
+def unet(**changes) -> AutoencoderUNetLite:
+    """The autoencoder params.yaml's defaults describe, with ``changes`` to its arguments."""
+    defaults = AutoencoderUNetLite.from_params(parse_params({})).architecture()
+    arguments = {key: defaults[key] for key in ("base_channels", "bottleneck_channels", "skips", "image_size")}
+    return AutoencoderUNetLite(**{**arguments, **changes})
 
 
 def test_shape_and_range():
-    model = AutoencoderUNetLite().eval()
+    model = unet().eval()
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     with torch.no_grad():
         y = model(x)
@@ -14,12 +24,12 @@ def test_shape_and_range():
 
 
 def test_parameter_count_is_about_1_9_million():
-    assert 1_750_000 <= count_parameters(AutoencoderUNetLite()) <= 2_100_000
+    assert 1_750_000 <= count_parameters(unet()) <= 2_100_000
 
 
 def test_skips_add_decoder_inputs_and_change_behaviour():
-    plain = AutoencoderUNetLite(skips=())
-    full = AutoencoderUNetLite(skips=(1, 2, 3))
+    plain = unet(skips=())
+    full = unet(skips=(1, 2, 3))
     assert count_parameters(full) > count_parameters(plain)
     assert full.skips == (1, 2, 3)
     assert full.dec1[0].in_channels == 2 * plain.dec1[0].in_channels
@@ -36,11 +46,12 @@ def test_skips_add_decoder_inputs_and_change_behaviour():
 )
 def test_input_validation(shape, dtype, message):
     with pytest.raises(ValueError, match=message):
-        AutoencoderUNetLite()(torch.zeros(shape, dtype=dtype))
+        unet()(torch.zeros(shape, dtype=dtype))
 
 
-def test_bad_construction():
-    with pytest.raises(ValueError, match="divisible by 8"):
-        AutoencoderUNetLite(image_size=100)
-    with pytest.raises(ValueError, match="levels 1, 2 or 3"):
-        AutoencoderUNetLite(skips=(4,))
+def test_a_side_the_autoencoder_cannot_halve_three_times_is_refused_before_any_work():
+    with pytest.raises(ConfigError, match=r"preprocess.image_size: 100 must be divisible by 8 for model.kind reconstruction"):
+        check_params(parse_params({"preprocess": {"image_size": 100}, "model": {"kind": "reconstruction"}}))
+    with pytest.raises(ConfigError, match=r"preprocess.image_size: 100 must be divisible by 8 for model.kind discriminative"):
+        check_params(parse_params({"preprocess": {"image_size": 100}, "model": {"kind": "discriminative"}}))
+    check_params(parse_params({"preprocess": {"image_size": 100}, "model": {"kind": "patchcore"}}))  # patchcore takes any side

@@ -2,9 +2,11 @@ import cv2
 import numpy as np
 import pytest
 
+from anomaly_spotter.config import ANOMALY_MASKS as MASK_KINDS
+from anomaly_spotter.config import ANOMALY_SOURCES as SOURCE_KINDS
+from anomaly_spotter.config import AnomaliesConfig, parse_params
+from anomaly_spotter.errors import ConfigError
 from anomaly_spotter.training.pasted_anomalies import (
-    MASK_KINDS,
-    SOURCE_KINDS,
     AnomalyGenerator,
     SyntheticAnomaly,
     foreground_mask,
@@ -16,6 +18,13 @@ DISC_CENTRE, DISC_RADIUS = (SIZE // 2, SIZE // 2), 20
 # The blend changes every masked value by at least opacity_min * MIN_SOURCE_DIFFERENCE on
 # average (0.15 * 24 = 3.6) minus half a grey level of rounding.
 MIN_MEAN_CHANGE = 3.0
+SETTINGS = {"probability", "mask", "sources", "opacity_min", "opacity_max", "foreground_only"}  # params.anomalies
+
+
+def generator_with(**arguments) -> AnomalyGenerator:
+    """A generator from params.anomalies' defaults with ``arguments`` changed (settings or mask-shape constants)."""
+    settings = AnomaliesConfig(**{k: v for k, v in arguments.items() if k in SETTINGS})
+    return AnomalyGenerator(settings, **{k: v for k, v in arguments.items() if k not in SETTINGS})
 
 
 def disc_image(brightness: int = 200) -> np.ndarray:
@@ -64,7 +73,7 @@ def assert_valid(anomaly: SyntheticAnomaly, image: np.ndarray, generator: Anomal
 @pytest.mark.parametrize("mask_kind", MASK_KINDS)
 def test_each_mask_and_source_kind_gives_a_valid_anomaly(images, image_name, source, mask_kind):
     image, pool = images[image_name]
-    generator = AnomalyGenerator(probability=1.0, mask_kind=mask_kind, sources=(source,))
+    generator = generator_with(probability=1.0, mask=mask_kind, sources=(source,))
     rng = np.random.default_rng(7)
     for _ in range(4):
         assert_valid(generator(image, pool, rng), image, generator)
@@ -76,7 +85,7 @@ def test_source_identical_to_the_image_is_replaced_by_a_visible_one(source):
     # A centred disc rotated or flipped about the centre is the same disc, and a uniform object
     # cut into tiles is the same object: pasted as they are, these anomalies would be invisible.
     image = disc_image()
-    generator = AnomalyGenerator(probability=1.0, mask_kind="blobs", sources=(source,), max_area_fraction=0.05)
+    generator = generator_with(probability=1.0, mask="blobs", sources=(source,), max_area_fraction=0.05)
     rng = np.random.default_rng(2)
     for _ in range(5):
         assert_valid(generator(image, image[None], rng), image, generator)
@@ -84,7 +93,7 @@ def test_source_identical_to_the_image_is_replaced_by_a_visible_one(source):
 
 def test_area_stays_within_custom_bounds(images):
     image, pool = images["texture"]
-    generator = AnomalyGenerator(probability=1.0, mask_kind="mixed", min_area_fraction=0.05, max_area_fraction=0.1)
+    generator = generator_with(probability=1.0, mask="mixed", min_area_fraction=0.05, max_area_fraction=0.1)
     rng = np.random.default_rng(3)
     for _ in range(15):
         assert_valid(generator(image, pool, rng), image, generator)
@@ -93,14 +102,14 @@ def test_area_stays_within_custom_bounds(images):
 def test_impossible_area_bounds_fall_back_to_a_non_empty_ellipse(images):
     image, pool = images["texture"]
     # Perlin masks with a very high threshold are nearly always empty: the fallback must kick in.
-    generator = AnomalyGenerator(probability=1.0, perlin_threshold=0.99, min_area_fraction=0.01, max_area_fraction=0.05)
+    generator = generator_with(probability=1.0, perlin_threshold=0.99, min_area_fraction=0.01, max_area_fraction=0.05)
     anomaly = generator(image, pool, np.random.default_rng(0))
     assert_valid(anomaly, image, generator)
 
 
 def test_same_seed_same_anomaly_different_seed_different(images):
     image, pool = images["texture"]
-    generator = AnomalyGenerator(probability=1.0, mask_kind="mixed")
+    generator = generator_with(probability=1.0, mask="mixed")
     a = generator(image, pool, np.random.default_rng(11))
     b = generator(image, pool, np.random.default_rng(11))
     c = generator(image, pool, np.random.default_rng(12))
@@ -111,9 +120,9 @@ def test_same_seed_same_anomaly_different_seed_different(images):
 
 def test_probability_is_the_chance_an_anomaly_is_added(images):
     image, pool = images["object"]
-    never = AnomalyGenerator(probability=0.0)
-    always = AnomalyGenerator(probability=1.0)
-    half = AnomalyGenerator(probability=0.5)
+    never = generator_with(probability=0.0)
+    always = generator_with(probability=1.0)
+    half = generator_with(probability=0.5)
     rng = np.random.default_rng(5)
     for _ in range(10):
         untouched = never(image, pool, rng)
@@ -129,7 +138,7 @@ def test_foreground_only_keeps_anomalies_on_the_object(images):
     allowed = disc_support(extra_radius=2)  # 2 px tolerance for the disc's anti-aliased edge
     rng = np.random.default_rng(0)
     for mask_kind in MASK_KINDS:
-        generator = AnomalyGenerator(probability=1.0, mask_kind=mask_kind)
+        generator = generator_with(probability=1.0, mask=mask_kind)
         for _ in range(8):
             mask = generator(image, pool, rng).mask > 0
             assert not (mask & ~allowed).any(), f"{mask_kind} mask left the object"
@@ -137,7 +146,7 @@ def test_foreground_only_keeps_anomalies_on_the_object(images):
 
 def test_without_foreground_only_anomalies_also_hit_the_background(images):
     image, pool = images["object"]
-    generator = AnomalyGenerator(probability=1.0, mask_kind="blobs", foreground_only=False)
+    generator = generator_with(probability=1.0, mask="blobs", foreground_only=False)
     rng = np.random.default_rng(0)
     outside = [(generator(image, pool, rng).mask > 0)[~disc_support()].any() for _ in range(10)]
     assert any(outside)
@@ -180,34 +189,45 @@ def test_perlin_noise_any_size_bounded_and_seeded():
 
 
 @pytest.mark.parametrize(
+    "settings, key",
+    [
+        ({"probability": 1.5}, "anomalies.probability"),
+        ({"probability": -0.1}, "anomalies.probability"),
+        ({"mask": "stars"}, "anomalies.mask"),
+        ({"sources": []}, "anomalies.sources"),
+        ({"sources": ["patches", "glitter"]}, "anomalies.sources"),
+        ({"sources": "texture"}, "anomalies.sources"),
+        ({"opacity_min": 0.0}, "anomalies.opacity_min"),
+        ({"opacity_max": 1.2}, "anomalies.opacity_max"),
+        ({"opacity_min": 0.8, "opacity_max": 0.5}, "opacity_min"),
+        ({"foreground_only": "yes"}, "anomalies.foreground_only"),
+    ],
+)
+def test_invalid_settings_are_refused_by_config_naming_the_key(settings, key):
+    """The generator takes params.anomalies as given: its checks live once, in config."""
+    with pytest.raises(ConfigError, match=key):
+        parse_params({"anomalies": settings})
+
+
+@pytest.mark.parametrize(
     "kwargs, name",
     [
-        ({"probability": 1.5}, "probability"),
-        ({"probability": -0.1}, "probability"),
-        ({"mask_kind": "stars"}, "mask_kind"),
-        ({"sources": ()}, "sources"),
-        ({"sources": ("patches", "glitter")}, "sources"),
-        ({"sources": "texture"}, "sources"),
-        ({"opacity_min": 0.0}, "opacity_min"),
-        ({"opacity_max": 1.2}, "opacity_max"),
-        ({"opacity_min": 0.8, "opacity_max": 0.5}, "opacity_min"),
         ({"perlin_scale_max": -1}, "perlin_scale_max"),
         ({"perlin_scale_max": 2.5}, "perlin_scale_max"),
         ({"perlin_threshold": 2.0}, "perlin_threshold"),
         ({"min_area_fraction": -0.1}, "min_area_fraction"),
         ({"max_area_fraction": 0.0}, "max_area_fraction"),
         ({"min_area_fraction": 0.3, "max_area_fraction": 0.2}, "min_area_fraction"),
-        ({"foreground_only": "yes"}, "foreground_only"),
     ],
 )
-def test_invalid_arguments_name_the_argument(kwargs, name):
+def test_invalid_mask_shape_constants_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        AnomalyGenerator(**kwargs)
+        generator_with(**kwargs)
 
 
 def test_invalid_inputs_are_rejected(images):
     image, pool = images["texture"]
-    generator = AnomalyGenerator(probability=1.0)
+    generator = generator_with(probability=1.0)
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="image"):
         generator(image.astype(np.float32), pool, rng)
@@ -223,7 +243,7 @@ def test_grey_images_get_grey_anomalies():
     grey = np.repeat(rng.integers(0, 256, (64, 64, 1), dtype=np.uint8), 3, axis=2)
     pool = np.stack([grey, np.repeat(rng.integers(0, 256, (64, 64, 1), dtype=np.uint8), 3, axis=2)])
     for source in SOURCE_KINDS:
-        generator = AnomalyGenerator(probability=1.0, sources=(source,), foreground_only=False)
+        generator = generator_with(probability=1.0, sources=(source,), foreground_only=False)
         for seed in range(5):
             anomaly = generator(grey, pool, np.random.default_rng(seed))
             assert anomaly.mask.sum() > 0
@@ -233,7 +253,7 @@ def test_grey_images_get_grey_anomalies():
 def test_shade_changes_the_level_but_keeps_the_texture(images):
     """A stain-like anomaly: every pasted pixel moves the same way, and the texture survives."""
     image, pool = images["texture"]
-    generator = AnomalyGenerator(probability=1.0, sources=("shade",), opacity_min=1.0, opacity_max=1.0, foreground_only=False)
+    generator = generator_with(probability=1.0, sources=("shade",), opacity_min=1.0, opacity_max=1.0, foreground_only=False)
     directions = set()
     for seed in range(8):
         anomaly = generator(image, pool, np.random.default_rng(seed))

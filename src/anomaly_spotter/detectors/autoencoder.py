@@ -18,7 +18,7 @@ and the reconstruction error no longer shows the defect, so the default uses non
 
 Example:
     >>> import torch
-    >>> model = AutoencoderUNetLite()
+    >>> model = AutoencoderUNetLite(base_channels=32, bottleneck_channels=512, skips=(), image_size=128)
     >>> model(torch.zeros(2, 3, 128, 128)).shape
     torch.Size([2, 3, 128, 128])
 """
@@ -32,15 +32,12 @@ import torch
 from torch import nn
 
 from anomaly_spotter.detectors.anomaly_map import anomaly_map
-from anomaly_spotter.config import ModelConfig, PreprocessConfig, ScoreConfig
+from anomaly_spotter.config import ScoreConfig
 from anomaly_spotter.detectors.base import RECONSTRUCTING_OUTPUTS, GradientDetector
 from anomaly_spotter.detectors.losses import ReconstructionLoss
 
 if TYPE_CHECKING:
     from anomaly_spotter.config import Params
-
-# Constructor defaults are params.yaml's (through the config dataclasses): stated once.
-_MODEL, _PREPROCESS = ModelConfig(), PreprocessConfig()
 
 DOWNSAMPLINGS = 3  # the input side must be divisible by 2**3
 
@@ -84,18 +81,16 @@ class AutoencoderUNetLite(GradientDetector):
     map_kinds = ("ssim", "l2", "combined")  # ssim first: it won the ablation (README, Detectors)
     onnx_outputs = RECONSTRUCTING_OUTPUTS
 
-    def __init__(
-        self,
-        base_channels: int = _MODEL.base_channels,
-        bottleneck_channels: int = _MODEL.bottleneck_channels,
-        skips: Sequence[int] = _MODEL.skips,
-        image_size: int = _PREPROCESS.image_size,
-    ) -> None:
+    @classmethod
+    def param_problems(cls, params: Params) -> list[str]:
+        side = params.preprocess.image_size
+        if side % 2**DOWNSAMPLINGS:
+            return [f"preprocess.image_size: {side} must be divisible by {2**DOWNSAMPLINGS} for model.kind {params.model.kind} (it is halved {DOWNSAMPLINGS} times)"]
+        return []
+
+    def __init__(self, base_channels: int, bottleneck_channels: int, skips: Sequence[int], image_size: int) -> None:
+        # Validated by config (ranges, skip levels) and param_problems (the side): built as given.
         super().__init__()
-        if image_size % 2**DOWNSAMPLINGS:
-            raise ValueError(f"image_size must be divisible by {2**DOWNSAMPLINGS}, got {image_size}")
-        if any(level not in (1, 2, 3) for level in skips):
-            raise ValueError(f"skips are levels 1, 2 or 3, got {list(skips)}")
         self.image_size = image_size
         self.skips = tuple(sorted(set(skips)))
         c1, c2, c3 = base_channels, 2 * base_channels, 4 * base_channels

@@ -23,12 +23,12 @@ localise defects to the pixel, and it cannot "copy the defect away" the way an a
 
 Example:
     >>> import torch
-    >>> head = SegmentationHead()
+    >>> head = SegmentationHead(base_channels=16, depth=3)
     >>> image = torch.zeros(2, 3, 64, 64)
     >>> logits = head(image, image)
     >>> logits.shape
     torch.Size([2, 1, 64, 64])
-    >>> loss, parts = SegmentationLoss()(logits, torch.zeros(2, 64, 64))
+    >>> loss, parts = SegmentationLoss(focal_weight=1.0, dice_weight=1.0)(logits, torch.zeros(2, 64, 64))
     >>> sorted(parts)
     ['dice', 'focal']
 """
@@ -43,17 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomaly_spotter.detectors.anomaly_map import head_map
-from anomaly_spotter.config import LossConfig, ModelConfig, ScoreConfig
+from anomaly_spotter.config import LossConfig, ScoreConfig
 from anomaly_spotter.detectors.autoencoder import AutoencoderUNetLite, double_conv, reconstruction_map
 from anomaly_spotter.detectors.base import RECONSTRUCTING_OUTPUTS, GradientDetector
 from anomaly_spotter.detectors.losses import ReconstructionLoss
 
 if TYPE_CHECKING:
     from anomaly_spotter.config import Params
-
-# Constructor defaults are params.yaml's (through the config dataclasses): stated once.
-_MODEL, _LOSS = ModelConfig(), LossConfig()
-
 
 class SegmentationHead(nn.Module):
     """Small U-Net: input concat(image, reconstruction) (N, 6, S, S) in [-1,1] -> logits (N, 1, S, S).
@@ -64,12 +60,9 @@ class SegmentationHead(nn.Module):
             of at least 2**depth pixels works: upsampled features are resized to their skip's size.
     """
 
-    def __init__(self, base_channels: int = _MODEL.head_channels, depth: int = _MODEL.head_depth) -> None:
+    def __init__(self, base_channels: int, depth: int) -> None:
+        # model.head_channels and model.head_depth, validated by config: built as given.
         super().__init__()
-        if isinstance(base_channels, bool) or not isinstance(base_channels, int) or base_channels < 1:
-            raise ValueError(f"base_channels must be a positive integer, got {base_channels!r}")
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be a positive integer, got {depth!r}")
         self.depth = depth
         channels = [base_channels * 2**level for level in range(depth + 1)]  # last: the bottleneck
         self.encoders = nn.ModuleList(double_conv(6 if level == 0 else channels[level - 1], channels[level]) for level in range(depth))
@@ -121,17 +114,22 @@ class SegmentationLoss(nn.Module):
       with ``p = sigmoid(logits)``; per-image Dice would be undefined for the many good images
       (empty masks), batch Dice is ~0 when an empty mask meets a confident-negative prediction.
 
-    Total: ``focal_weight * focal + dice_weight * dice``.
+    Total: ``focal_weight * focal + dice_weight * dice`` (``loss.focal`` and ``loss.dice``, validated
+    by config; the pipeline passes them, see :class:`DraemLoss`).
     """
 
-    def __init__(self, focal_gamma: float = 2.0, dice_weight: float = _LOSS.dice, focal_alpha: float | None = None, dice_smooth: float = 1.0, focal_weight: float = _LOSS.focal) -> None:
+    def __init__(
+        self,
+        *,
+        focal_weight: float,
+        dice_weight: float,
+        focal_gamma: float = 2.0,  # the focal loss paper's choice, kept by DRAEM
+        focal_alpha: float | None = None,
+        dice_smooth: float = 1.0,
+    ) -> None:
         super().__init__()
-        if focal_weight < 0:
-            raise ValueError(f"focal_weight must be >= 0, got {focal_weight!r}")
         if focal_gamma < 0:
             raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma!r}")
-        if dice_weight < 0:
-            raise ValueError(f"dice_weight must be >= 0, got {dice_weight!r}")
         if focal_alpha is not None and not 0.0 <= focal_alpha <= 1.0:
             raise ValueError(f"focal_alpha must be None or in [0, 1], got {focal_alpha!r}")
         if dice_smooth <= 0:
@@ -205,7 +203,7 @@ class DiscriminativeDetector(GradientDetector):
 
     @classmethod
     def param_problems(cls, params: Params) -> list[str]:
-        problems = []
+        problems = AutoencoderUNetLite.param_problems(params)
         if params.anomalies.probability <= 0:
             problems.append("anomalies.probability: model.kind discriminative learns from synthetic anomalies; set it > 0 (e.g. 0.5)")
         if params.loss.focal + params.loss.dice <= 0:

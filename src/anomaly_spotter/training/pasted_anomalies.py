@@ -30,7 +30,7 @@ from the ``rng`` passed to the call, so a seeded generator reproduces the same a
 Example:
     >>> rng = np.random.default_rng(0)
     >>> image = np.full((64, 64, 3), 128, np.uint8)
-    >>> generator = AnomalyGenerator(probability=1.0)
+    >>> generator = AnomalyGenerator(AnomaliesConfig(probability=1.0))
     >>> anomaly = generator(image, image[None], rng)
     >>> anomaly.image.shape, anomaly.image.dtype, anomaly.mask.dtype, bool(anomaly.mask.any())
     ((64, 64, 3), dtype('uint8'), dtype('float32'), True)
@@ -47,12 +47,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anomaly_spotter.config import ANOMALY_MASKS as MASK_KINDS
-from anomaly_spotter.config import ANOMALY_SOURCES as SOURCE_KINDS
 from anomaly_spotter.config import AnomaliesConfig
-
-# Constructor defaults are params.yaml's (through AnomaliesConfig): stated once.
-_DEFAULTS = AnomaliesConfig()
 
 MAX_MASK_TRIES = 10  # masks outside the area bounds are redrawn this many times, then an ellipse
 MAX_SOURCE_TRIES = 3  # sources too similar to the image are redrawn this many times
@@ -340,51 +335,31 @@ class AnomalyGenerator:
     """Corrupts clean training images with DRAEM-style synthetic anomalies.
 
     Args:
-        probability: chance that an anomaly is added to an image (0: never, 1: always); the
-            other images come back unchanged with an all-zero mask, so the segmentation model
-            also sees good images.
-        mask_kind: one of ``MASK_KINDS``.
-        sources: the anomaly sources to draw from uniformly, a non-empty subset of ``SOURCE_KINDS``.
-        opacity_min, opacity_max: the blend weight ``beta`` of the source is drawn from
-            U(opacity_min, opacity_max); 0 < opacity_min <= opacity_max <= 1.
+        settings: ``params.anomalies`` (:class:`~anomaly_spotter.config.AnomaliesConfig`):
+            ``probability`` that an anomaly is added to an image (the others come back unchanged
+            with an all-zero mask, so the segmentation model also sees good images), the ``mask``
+            kind (one of ``config.ANOMALY_MASKS``), the ``sources`` drawn from uniformly (a non-empty subset
+            of ``config.ANOMALY_SOURCES``), the blend weight drawn from U(``opacity_min``, ``opacity_max``)
+            and ``foreground_only`` (intersect the mask with :func:`foreground_mask`).
         perlin_scale_max: Perlin masks use 2**k cells per axis, k drawn in 0..perlin_scale_max.
         perlin_threshold: Perlin noise (about [-1, 1]) above this is anomalous; higher means
             smaller regions.
         min_area_fraction, max_area_fraction: bounds on the mask's area as a fraction of the
             whole image; masks outside them are redrawn (``MAX_MASK_TRIES``), then replaced by
             one ellipse on the foreground.
-        foreground_only: intersect the mask with :func:`foreground_mask` of the image.
     """
 
     def __init__(
         self,
+        settings: AnomaliesConfig,
         *,
-        probability: float = _DEFAULTS.probability,
-        mask_kind: str = _DEFAULTS.mask,
-        sources: Sequence[str] = _DEFAULTS.sources,
-        opacity_min: float = _DEFAULTS.opacity_min,
-        opacity_max: float = _DEFAULTS.opacity_max,
         perlin_scale_max: int = 6,
         perlin_threshold: float = 0.5,
         min_area_fraction: float = 0.002,
         max_area_fraction: float = 0.25,
-        foreground_only: bool = _DEFAULTS.foreground_only,
     ) -> None:
-        _check_range("probability", probability, 0.0, 1.0)
-        if mask_kind not in MASK_KINDS:
-            raise ValueError(f"mask_kind must be one of {', '.join(MASK_KINDS)}, got {mask_kind!r}")
-        if isinstance(sources, str):  # a bare string would be read as a sequence of letters
-            raise ValueError(f"sources must be a sequence of names from {', '.join(SOURCE_KINDS)}, got the string {sources!r}")
-        sources = tuple(sources)
-        unknown = [s for s in sources if s not in SOURCE_KINDS]
-        if not sources or unknown:
-            raise ValueError(f"sources must be a non-empty subset of {', '.join(SOURCE_KINDS)}, got {list(sources)}")
-        _check_range("opacity_min", opacity_min, 0.0, 1.0)
-        _check_range("opacity_max", opacity_max, 0.0, 1.0)
-        if opacity_min <= 0.0:
-            raise ValueError(f"opacity_min must be > 0 (an opacity of 0 pastes nothing), got {opacity_min!r}")
-        if opacity_min > opacity_max:
-            raise ValueError(f"opacity_min ({opacity_min}) must not exceed opacity_max ({opacity_max})")
+        # ``settings`` is params.anomalies, validated by config: taken as given. The mask-shape
+        # constants are this module's own (no param sets them), so they are checked here.
         if isinstance(perlin_scale_max, bool) or not isinstance(perlin_scale_max, int) or not 0 <= perlin_scale_max <= 10:
             raise ValueError(f"perlin_scale_max must be an integer in [0, 10], got {perlin_scale_max!r}")
         _check_range("perlin_threshold", perlin_threshold, -1.0, 1.0)
@@ -394,18 +369,16 @@ class AnomalyGenerator:
             raise ValueError(f"max_area_fraction must be > 0, got {max_area_fraction!r}")
         if min_area_fraction > max_area_fraction:
             raise ValueError(f"min_area_fraction ({min_area_fraction}) must not exceed max_area_fraction ({max_area_fraction})")
-        if not isinstance(foreground_only, bool):
-            raise ValueError(f"foreground_only must be True or False, got {foreground_only!r}")
-        self.probability = float(probability)
-        self.mask_kind = mask_kind
-        self.sources = sources
-        self.opacity_min = float(opacity_min)
-        self.opacity_max = float(opacity_max)
+        self.probability = settings.probability
+        self.mask_kind = settings.mask
+        self.sources = tuple(settings.sources)
+        self.opacity_min = settings.opacity_min
+        self.opacity_max = settings.opacity_max
+        self.foreground_only = settings.foreground_only
         self.perlin_scale_max = perlin_scale_max
         self.perlin_threshold = float(perlin_threshold)
         self.min_area_fraction = float(min_area_fraction)
         self.max_area_fraction = float(max_area_fraction)
-        self.foreground_only = foreground_only
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
@@ -414,16 +387,7 @@ class AnomalyGenerator:
     @classmethod
     def from_config(cls, config: AnomaliesConfig) -> AnomalyGenerator | None:
         """The generator ``params.anomalies`` describes; None when switched off (probability 0)."""
-        if config.probability <= 0:
-            return None
-        return cls(
-            probability=config.probability,
-            mask_kind=config.mask,
-            sources=config.sources,
-            opacity_min=config.opacity_min,
-            opacity_max=config.opacity_max,
-            foreground_only=config.foreground_only,
-        )
+        return cls(config) if config.probability > 0 else None
 
     def __call__(self, image: np.ndarray, source_pool: np.ndarray, rng: np.random.Generator) -> SyntheticAnomaly:
         """Corrupt ``image`` uint8 (S, S, 3) with probability ``probability``.

@@ -2,7 +2,7 @@
 
 Used by ``bench/ablation.py`` to choose settings without looking at the test split; no stage
 imports it (so editing it re-runs nothing). Every validation image is scored clean and once more
-with an anomaly from a fixed generator: :data:`YARDSTICK_GENERATOR` with
+with an anomaly from a fixed generator: :data:`YARDSTICK_ANOMALIES` with
 :data:`YARDSTICK_SOURCES`, always pasted, seeded by ``seed`` and the image index, so every
 variant is measured on the same corrupted images.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from anomaly_spotter.evaluation import metrics as m
-from anomaly_spotter.config import ScoreConfig
+from anomaly_spotter.config import AnomaliesConfig, ScoreConfig
 from anomaly_spotter.training.datasets import sample_seed
 from anomaly_spotter.detectors.base import Detector
 from anomaly_spotter.training.pasted_anomalies import AnomalyGenerator
@@ -26,7 +26,7 @@ from anomaly_spotter.scoring import score_images
 # generator later (``shade``) are left out, and the settings are written here, not taken from
 # params.yaml (which experiments change).
 YARDSTICK_SOURCES = ("patches", "jitter", "rotate", "texture")
-YARDSTICK_GENERATOR = dict(probability=1.0, mask_kind="perlin", sources=YARDSTICK_SOURCES, opacity_min=0.15, opacity_max=1.0, foreground_only=True)
+YARDSTICK_ANOMALIES = AnomaliesConfig(probability=1.0, mask="perlin", sources=YARDSTICK_SOURCES, opacity_min=0.15, opacity_max=1.0, foreground_only=True)
 
 
 def synthetic_validation_metrics(model: Detector, val_images: np.ndarray, config: ScoreConfig, *, seed: int = 0) -> dict[str, float]:
@@ -34,7 +34,7 @@ def synthetic_validation_metrics(model: Detector, val_images: np.ndarray, config
 
     See the module docstring for how the corrupted copies are made.
     """
-    generator = AnomalyGenerator(**YARDSTICK_GENERATOR)
+    generator = AnomalyGenerator(YARDSTICK_ANOMALIES)
     images = np.asarray(val_images)
     pasted = [generator(image, images, np.random.default_rng([sample_seed(seed, 0, i), 2])) for i, image in enumerate(images)]
     corrupted = np.stack([p.image for p in pasted])
