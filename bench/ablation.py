@@ -22,7 +22,7 @@ Variants (all share the base params; see ``VARIANTS``):
 ``patchcore_*``        memory bank of pretrained features (lite0 / lite2 backbone, 2 % or 1 % coreset)
 =====================  ==========================================================================
 
-Run (the README's tables come from these):
+Run (the tables of docs/detectors.md come from these):
     python bench/ablation.py --source synthetic
     python bench/ablation.py --source folder --root ../shared/datasets/magnetic_tile \
         --categories magnetic_tile --set train.epochs=12

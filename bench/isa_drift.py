@@ -80,7 +80,7 @@ ISAS: dict[str, dict[str, str]] = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
     "default": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
 }
-# Each kind as a user switches to it (README, "Detectors"); params.yaml's defaults otherwise.
+# Each kind as a user switches to it (docs/detectors.md, "The three kinds"); params.yaml's defaults otherwise.
 KINDS: dict[str, dict[str, Any]] = {
     "discriminative": {},
     "reconstruction": {"model": {"kind": "reconstruction"}, "anomalies": {"probability": 0.0}},
@@ -264,7 +264,7 @@ def compare_machines(first: Path, second: Path) -> None:
     """Per category, how far the first run of each model kind moved between two results files.
 
     Two machines' files of the same project commit and params are two CPUs training the same
-    experiment; this prints the table the README's "Reproducibility across machines" quotes.
+    experiment; this prints the table docs/reproducibility.md's "Reproducibility across machines" quotes.
     """
     a, b = (json.loads(path.read_text()) for path in (first, second))
     print(f"# {first.name}: {a['cpu']} {' '.join(a.get('cpu_flags', []))}, project {a['commit']}")

@@ -163,7 +163,7 @@ def test_each_module_is_imported_by_something_or_is_an_entry_point():
 class MeanIntensityDetector(Detector):
     """A detector with no weights to learn: the anomaly map is the pixel's mean intensity in [0, 1].
 
-    What the README's "Adding a detector" section walks through, minus the learning.
+    What docs/detectors.md's "Adding a detector" section walks through, minus the learning.
     """
 
     kind = "mean_intensity"

@@ -57,7 +57,7 @@ class SyntheticConfig:
     side: int = field(default=160, metadata=_range(32, 2048))  # generated images are side x side px; preprocess resizes
     train_good: int = field(default=72, metadata=_range(2))
     # 96 + 3 x 32 test images: the bootstrap sd of image AUROC is <= 0.012 per category, where
-    # 24 + 3 x 8 gave up to 0.020 (bench/isa_drift.py, README "Reproducibility across machines").
+    # 24 + 3 x 8 gave up to 0.015 (`python bench/isa_drift.py --bootstrap`; docs/reproducibility.md).
     test_good: int = field(default=96, metadata=_range(1))
     test_defect_per_type: int = field(default=32, metadata=_range(1))
     seed: int = field(default=0, metadata=_range(0))

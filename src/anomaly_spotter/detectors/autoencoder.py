@@ -78,7 +78,7 @@ class AutoencoderUNetLite(GradientDetector):
     """
 
     kind = "reconstruction"
-    map_kinds = ("ssim", "l2", "combined")  # ssim first: it won the ablation (README, Detectors)
+    map_kinds = ("ssim", "l2", "combined")  # ssim first: it won the ablation (docs/detectors.md)
     onnx_outputs = RECONSTRUCTING_OUTPUTS
 
     @classmethod

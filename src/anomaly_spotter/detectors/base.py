@@ -21,7 +21,7 @@ Each class declares the facts about itself once: :attr:`Detector.kind`, :attr:`D
 
     {"state_dict": {...tensors...}, "architecture": {"kind": ..., ...}, ...kind-specific scalars}
 
-Example (a new kind; see README "Adding a detector")::
+Example (a new kind; see docs/detectors.md, "Adding a detector")::
 
     class MyDetector(Detector):
         kind = "mine"
