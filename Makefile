@@ -8,7 +8,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup repro test bench browser readme screenshot clean-venv
+.PHONY: setup repro test lint bench browser readme screenshot clean-venv
 
 setup: $(VENV)/.installed .dvc/tmp/plots_template.html
 
@@ -44,7 +44,7 @@ screenshot: setup browser
 	  --virtual-time-budget=15000 --window-size=1300,2900 --user-data-dir=.dvc/tmp/chromium \
 	  --screenshot=$(abspath docs/plots.png) file://$(abspath .dvc/tmp/plots_page)/index.html
 
-test: setup browser
+test: setup browser lint
 	python -m pytest
 
 # Headless Chromium for the check that `dvc plots` pages really draw offline. Installed with
@@ -67,6 +67,6 @@ bench: setup
 clean-venv:
 	rm -rf $(VENV) node_modules build
 
-# ruff and mypy (pyproject.toml states the rules); not yet clean, so not yet part of `make test`.
+# ruff (lint + format check) and mypy on the package, as pyproject.toml states them; `make test` runs it first.
 lint: setup
 	ruff check . && ruff format --check . && mypy

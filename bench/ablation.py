@@ -49,29 +49,50 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from anomaly_spotter.config import deep_merge, parse_params  # noqa: E402
-from anomaly_spotter.detectors import DETECTORS  # noqa: E402
-from anomaly_spotter.evaluation import metrics  # noqa: E402
-from anomaly_spotter.evaluation.evaluate import pixel_inputs  # noqa: E402
-from anomaly_spotter.training.yardstick import synthetic_validation_metrics  # noqa: E402
-from anomaly_spotter.sources.fetch import fetch_category  # noqa: E402
-from anomaly_spotter.detectors import load_model  # noqa: E402
 from anomaly_spotter.dataset.preprocessing import preprocess_category
 from anomaly_spotter.dataset.processed import load_processed  # noqa: E402
+from anomaly_spotter.detectors import (
+    DETECTORS,  # noqa: E402
+    load_model,  # noqa: E402
+)
+from anomaly_spotter.evaluation import metrics  # noqa: E402
+from anomaly_spotter.evaluation.evaluate import pixel_inputs  # noqa: E402
 from anomaly_spotter.scoring import score_images  # noqa: E402
+from anomaly_spotter.sources.fetch import fetch_category  # noqa: E402
 from anomaly_spotter.training import train_category  # noqa: E402
+from anomaly_spotter.training.yardstick import synthetic_validation_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REMOVAL = {"probability": 0.5}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "ae_skips": {"model": {"kind": "reconstruction", "skips": [1, 2, 3]}, "anomalies": {"probability": 0.0}, "score": {"map": "ssim"}},
-    "ae": {"model": {"kind": "reconstruction", "skips": []}, "anomalies": {"probability": 0.0}, "score": {"map": "ssim"}},
-    "ae_skips_removal": {"model": {"kind": "reconstruction", "skips": [1, 2, 3]}, "anomalies": REMOVAL, "score": {"map": "ssim"}},
+    "ae_skips": {
+        "model": {"kind": "reconstruction", "skips": [1, 2, 3]},
+        "anomalies": {"probability": 0.0},
+        "score": {"map": "ssim"},
+    },
+    "ae": {
+        "model": {"kind": "reconstruction", "skips": []},
+        "anomalies": {"probability": 0.0},
+        "score": {"map": "ssim"},
+    },
+    "ae_skips_removal": {
+        "model": {"kind": "reconstruction", "skips": [1, 2, 3]},
+        "anomalies": REMOVAL,
+        "score": {"map": "ssim"},
+    },
     "ae_removal": {"model": {"kind": "reconstruction", "skips": []}, "anomalies": REMOVAL, "score": {"map": "ssim"}},
-    "discriminative": {"model": {"kind": "discriminative", "skips": []}, "anomalies": REMOVAL, "score": {"map": "head"}},
+    "discriminative": {
+        "model": {"kind": "discriminative", "skips": []},
+        "anomalies": REMOVAL,
+        "score": {"map": "head"},
+    },
     # Pretrained features, nothing learned (patchcore's other settings: params.yaml's defaults).
     "patchcore_lite0": {"model": {"kind": "patchcore", "backbone": "efficientnet_lite0"}, "score": {"map": "auto"}},
     "patchcore_lite2": {"model": {"kind": "patchcore", "backbone": "efficientnet_lite2"}, "score": {"map": "auto"}},
-    "patchcore_lite2_1pc": {"model": {"kind": "patchcore", "backbone": "efficientnet_lite2", "coreset_ratio": 0.01}, "score": {"map": "auto"}},
+    "patchcore_lite2_1pc": {
+        "model": {"kind": "patchcore", "backbone": "efficientnet_lite2", "coreset_ratio": 0.01},
+        "score": {"map": "auto"},
+    },
 }
 
 
@@ -105,7 +126,9 @@ def prepare(source: str, root: str, category: str, raw_params: dict[str, Any], w
     return raw_dir, processed
 
 
-def run_variant(name: str, raw_params: dict[str, Any], category: str, raw_dir: Path, processed_dir: Path, work: Path) -> dict[str, Any]:
+def run_variant(
+    name: str, raw_params: dict[str, Any], category: str, raw_dir: Path, processed_dir: Path, work: Path
+) -> dict[str, Any]:
     params = parse_params(raw_params, category)
     data = load_processed(processed_dir)
     model_path = work / name / "model.pt"
@@ -137,8 +160,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['category']} | {r['map']} | {r['val_synthetic_image_auroc']:.3f} | {r['image_auroc']:.3f} | "
-            f"{r['pixel_auroc']:.3f} | {r['au_pro']:.3f} | {r['train_minutes']:.1f} |"
+            f"| {r['variant']} | {r['category']} | {r['map']} | {r['val_synthetic_image_auroc']:.3f} | "
+            f"{r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | {r['au_pro']:.3f} | {r['train_minutes']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -161,7 +184,10 @@ def main() -> None:
         base["data"]["categories"] = args.categories
     base = deep_merge(base, parse_set(args.assignments))
     categories = parse_params(base).data.categories
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}"
+    )
     print(f"# --set {' '.join(args.assignments) or '(none)'}", flush=True)
     rows = []
     for category in categories:

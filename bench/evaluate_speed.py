@@ -60,7 +60,10 @@ def timed(label: str, fn, *args, **kwargs):
 
 def bench_metrics(count: int, side: int) -> None:
     masks, maps = synthetic_inputs(count, side)
-    print(f"metrics on {count} maps of {side}x{side} float32 ({count * side * side / 1e6:.1f} M pixels); RSS before {peak_rss_mb():.0f} MB")
+    print(
+        f"metrics on {count} maps of {side}x{side} float32 ({count * side * side / 1e6:.1f} M pixels); "
+        f"RSS before {peak_rss_mb():.0f} MB"
+    )
     timed("pixel_auroc", metrics.pixel_auroc, masks, maps)
     timed("au_pro (FPR <= 0.3)", metrics.au_pro, masks, maps)
     print(f"  peak RSS {peak_rss_mb():.0f} MB (inputs alone: {count * side * side * 5 / 1e6:.0f} MB)")
@@ -75,15 +78,15 @@ def timed_s(label: str, fn, *args, **kwargs):
 
 
 def bench_category(category: str, root: Path = ROOT) -> None:
-    from anomaly_spotter.evaluation import metrics as m
     from anomaly_spotter.config import load_params
+    from anomaly_spotter.dataset.processed import load_processed
+    from anomaly_spotter.detectors import load_model
+    from anomaly_spotter.evaluation import metrics as m
     from anomaly_spotter.evaluation.evaluate import compute_metrics, heatmap_rows, pixel_inputs
     from anomaly_spotter.evaluation.mistakes import defect_type_rows, mistake_files, operating_point_results
-    from anomaly_spotter.dataset.processed import load_processed
-    from anomaly_spotter.scoring import score_images
-    from anomaly_spotter.detectors import load_model
     from anomaly_spotter.evaluation.thresholds import read_thresholds, score_record
     from anomaly_spotter.evaluation.visualize import heatmap_grid_png, score_histogram_png
+    from anomaly_spotter.scoring import score_images
 
     params = load_params(root / "params.yaml", category)
     data = load_processed(root / "data" / "processed" / category)
@@ -93,25 +96,52 @@ def bench_category(category: str, root: Path = ROOT) -> None:
     threshold, labels = thresholds.threshold, data.test_labels
     print(f"evaluate {category}: {len(data.test)} test images")
     scored, t_score = timed_s("score (model + maps)", score_images, model, data.test, params.score)
-    (masks, maps), t_pixel = timed_s("read masks + upsample maps", pixel_inputs, data, root / "data" / "raw" / category,
-                                     scored.maps, params.evaluate.resolution)
+    (masks, maps), t_pixel = timed_s(
+        "read masks + upsample maps",
+        pixel_inputs,
+        data,
+        root / "data" / "raw" / category,
+        scored.maps,
+        params.evaluate.resolution,
+    )
     results, t_metrics = timed_s("all metrics", compute_metrics, data, scored, threshold, masks, maps)
     _, t_pro = timed_s("PRO curve (pro.json)", m.pro_points, masks, maps, fpr_limit=params.evaluate.pro_fpr_limit)
-    (vmin, vmax), t_scale = timed_s("colour scale", lambda: tuple(float(q) for q in np.quantile(scored.maps, (0.5, 0.999))))
+    (vmin, vmax), t_scale = timed_s(
+        "colour scale", lambda: tuple(float(q) for q in np.quantile(scored.maps, (0.5, 0.999)))
+    )
     rows = heatmap_rows(data, scored, params.evaluate.heatmap_examples)
     _, t_heat = timed_s("heatmaps.png", heatmap_grid_png, rows, pixel_threshold=threshold, vmin=vmin, vmax=vmax)
-    _, t_hist = timed_s("score_histogram.png", score_histogram_png, scored.scores[labels == 0], scored.scores[labels == 1],
-                        threshold=threshold, title=category)
+    _, t_hist = timed_s(
+        "score_histogram.png",
+        score_histogram_png,
+        scored.scores[labels == 0],
+        scored.scores[labels == 1],
+        threshold=threshold,
+        title=category,
+    )
     before = t_score + t_pixel + t_metrics + t_pro + t_scale + t_heat + t_hist
     print("  added by issue 22:")
-    extra, t_types = timed_s("per defect type at the threshold", operating_point_results, data, scored.scores, thresholds,
-                             masks, maps)
+    extra, t_types = timed_s(
+        "per defect type at the threshold", operating_point_results, data, scored.scores, thresholds, masks, maps
+    )
     defect_type_rows({**results, **extra})
-    (plots, cases), t_gallery = timed_s("mistakes gallery + selection", mistake_files, data, scored, thresholds,
-                                        params.evaluate, category=category, vmin=vmin, vmax=vmax)
+    (plots, cases), t_gallery = timed_s(
+        "mistakes gallery + selection",
+        mistake_files,
+        data,
+        scored,
+        thresholds,
+        params.evaluate,
+        category=category,
+        vmin=vmin,
+        vmax=vmax,
+    )
     added = t_types + t_gallery
     drawn = sum(1 for name in cases if name.endswith(".png"))
-    print(f"  {extra['per_defect_recall']} recall; {drawn} mistakes drawn, {sum(map(len, plots.values())) / 1e3:.0f} kB on the page")
+    print(
+        f"  {extra['per_defect_recall']} recall; {drawn} mistakes drawn, "
+        f"{sum(map(len, plots.values())) / 1e3:.0f} kB on the page"
+    )
     print(f"  before {before:.2f} s, after {before + added:.2f} s: +{added:.2f} s = +{100 * added / before:.1f} %")
     print(f"  peak RSS {peak_rss_mb():.0f} MB")
 

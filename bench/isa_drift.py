@@ -32,9 +32,11 @@ Per run this prints, against the reference and against the native run of the sam
 Run (how the committed results in ``bench/results/isa_drift_*.json`` were made):
     # on each machine, the default kind trained natively; then the two files side by side
     python bench/isa_drift.py --kinds discriminative --runs native/amp --out bench/results/isa_drift_<machine>.json
-    python bench/isa_drift.py --compare bench/results/isa_drift_avx512_bf16_machine.json bench/results/isa_drift_avx2_machine.json
+    python bench/isa_drift.py --compare bench/results/isa_drift_avx512_bf16_machine.json \
+        bench/results/isa_drift_avx2_machine.json
     # on one machine: patchcore under two caps, and the test split's sampling noise
-    python bench/isa_drift.py --kinds patchcore --runs native/fp32 default/fp32 --out bench/results/isa_drift_patchcore.json
+    python bench/isa_drift.py --kinds patchcore --runs native/fp32 default/fp32 \
+        --out bench/results/isa_drift_patchcore.json
     python bench/isa_drift.py --bootstrap
 The full matrix (``--kinds`` all, ``--runs native/amp avx512/amp avx2/amp native/fp32
 default/fp32``) takes hours on 2 cores.
@@ -110,7 +112,9 @@ def cpu_vector_flags() -> list[str]:
 
 def tool_env(isa: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
-    env.update(ISAS[isa], PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", NO_ALBUMENTATIONS_UPDATE="1", DVC_NO_ANALYTICS="1")
+    env.update(
+        ISAS[isa], PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", NO_ALBUMENTATIONS_UPDATE="1", DVC_NO_ANALYTICS="1"
+    )
     return env
 
 
@@ -118,8 +122,17 @@ def precision_used(isa: str, amp: bool) -> str:
     """The dtype training really uses under this cap (asked of the library in a fresh process)."""
     if not amp:
         return "float32"
-    code = "import torch; from anomaly_spotter.runtime import autocast_dtype; print(autocast_dtype(torch.device('cpu')) or 'float32')"
-    out = subprocess.run([sys.executable, "-c", code], env={**tool_env(isa), "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True, check=True)
+    code = (
+        "import torch; from anomaly_spotter.runtime import autocast_dtype; "
+        "print(autocast_dtype(torch.device('cpu')) or 'float32')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**tool_env(isa), "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip().replace("torch.", "")
 
 
@@ -173,8 +186,13 @@ def bootstrap_table(subsets: list[tuple[int, int]], draws: int = 2000) -> None:
             scores = np.array([float(r["score"]) for r in taken])
             rng = np.random.default_rng(0)
             normal, defect = scores[labels == 0], scores[labels == 1]
-            draws_auc = [roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(defect))],
-                                       np.r_[rng.choice(normal, len(normal)), rng.choice(defect, len(defect))]) for _ in range(draws)]
+            draws_auc = [
+                roc_auc_score(
+                    np.r_[np.zeros(len(normal)), np.ones(len(defect))],
+                    np.r_[rng.choice(normal, len(normal)), rng.choice(defect, len(defect))],
+                )
+                for _ in range(draws)
+            ]
             cells.append(f"{roc_auc_score(labels, scores):.4f} ({np.std(draws_auc):.4f})")
         print(f"| {cat} | " + " | ".join(cells) + " |")
 
@@ -211,29 +229,61 @@ def compare(run: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"weights_identical": all(run[c]["weights_sha256"] == ref[c]["weights_sha256"] for c in cats)}
     for key in METRICS:
         out[key] = max(abs(run[c][key] - ref[c][key]) for c in cats)
-    out["score_rel"] = max(float(np.max(np.abs(np.subtract(run[c]["scores"], ref[c]["scores"])) / (np.abs(ref[c]["scores"]) + 1e-12))) for c in cats)
-    out["subset_auroc"] = {s: max(abs(run[c]["subset_auroc"][s] - ref[c]["subset_auroc"][s]) for c in cats) for s in ref[cats[0]]["subset_auroc"]}
+    out["score_rel"] = max(
+        float(np.max(np.abs(np.subtract(run[c]["scores"], ref[c]["scores"])) / (np.abs(ref[c]["scores"]) + 1e-12)))
+        for c in cats
+    )
+    out["subset_auroc"] = {
+        s: max(abs(run[c]["subset_auroc"][s] - ref[c]["subset_auroc"][s]) for c in cats)
+        for s in ref[cats[0]]["subset_auroc"]
+    }
     return out
 
 
 def write_results(path: Path, commit: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
-    payload = {"cpu": cpu_model(), "cpu_flags": cpu_vector_flags(), "aten_capability": torch.backends.cpu.get_cpu_capability(),
-               "cores": os.cpu_count(), "torch": torch.__version__, "commit": commit, "set": args.assignments, "subsets": args.subsets, "runs": results}
+    payload = {
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_vector_flags(),
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "commit": commit,
+        "set": args.assignments,
+        "subsets": args.subsets,
+        "runs": results,
+    }
     path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
-def evaluate_only(base: Path, categories: list[str], args: argparse.Namespace, subsets: list[tuple[int, int]], commit: str) -> list[dict[str, Any]]:
+def evaluate_only(
+    base: Path, categories: list[str], args: argparse.Namespace, subsets: list[tuple[int, int]], commit: str
+) -> list[dict[str, Any]]:
     """Thresholds, evaluate and report of the committed models under each ISA cap of ``--runs``.
 
     ``base`` is a clone of the project that shares its DVC cache, so ``dvc checkout`` restores
     the trained models and processed data without training. The test split stays the committed
     one (``--subsets`` larger than it are skipped).
     """
-    subprocess.run([str(BIN / "dvc"), "cache", "dir", "--local", str(ROOT / ".dvc" / "cache")], cwd=base, env=tool_env("native"), check=True)
+    subprocess.run(
+        [str(BIN / "dvc"), "cache", "dir", "--local", str(ROOT / ".dvc" / "cache")],
+        cwd=base,
+        env=tool_env("native"),
+        check=True,
+    )
     run([str(BIN / "dvc"), "checkout"], base, "native")
-    status = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=base, env=tool_env("native"), capture_output=True, text=True, check=True)
+    status = subprocess.run(
+        [str(BIN / "dvc"), "status", "--json"],
+        cwd=base,
+        env=tool_env("native"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     if json.loads(status.stdout or "{}"):
-        raise SystemExit(f"the committed pipeline is not up to date in {ROOT}'s cache (`dvc status` lists changes): run `dvc repro` and commit first")
+        raise SystemExit(
+            f"the committed pipeline is not up to date in {ROOT}'s cache (`dvc status` lists changes): "
+            "run `dvc repro` and commit first"
+        )
     params = yaml.safe_load((base / "params.yaml").read_text())
     synthetic = params["data"]["synthetic"]
     subsets = [(g, d) for g, d in subsets if g <= synthetic["test_good"] and d <= synthetic["test_defect_per_type"]]
@@ -247,8 +297,13 @@ def evaluate_only(base: Path, categories: list[str], args: argparse.Namespace, s
         clone = base.parent / f"evaluate-{isa}"
         shutil.copytree(base, clone, symlinks=True)
         seconds = run([str(BIN / "dvc"), "repro", "--force", "--single-item", *stages], clone, isa)
-        row = {"kind": params["model"]["kind"], "isa": isa, "evaluate_only": True, "seconds": round(seconds),
-               "categories": collect(clone, categories, subsets)}
+        row = {
+            "kind": params["model"]["kind"],
+            "isa": isa,
+            "evaluate_only": True,
+            "seconds": round(seconds),
+            "categories": collect(clone, categories, subsets),
+        }
         shutil.rmtree(clone)
         if reference is not None:
             row["against"] = {"reference": compare(row["categories"], reference["categories"])}
@@ -274,28 +329,64 @@ def compare_machines(first: Path, second: Path) -> None:
         if run_b is None:
             continue
         print(f"\n{run_a['kind']}: {run_a['isa']}/{run_a['precision']} vs {run_b['isa']}/{run_b['precision']}")
-        print("| category | weights identical | " + " | ".join(f"{k} (change)" for k in METRICS)
-              + " | " + " | ".join(f"image AUROC {s} (change)" for s in run_a["categories"][next(iter(run_a["categories"]))]["subset_auroc"]) + " |")
+        print(
+            "| category | weights identical | "
+            + " | ".join(f"{k} (change)" for k in METRICS)
+            + " | "
+            + " | ".join(
+                f"image AUROC {s} (change)"
+                for s in run_a["categories"][next(iter(run_a["categories"]))]["subset_auroc"]
+            )
+            + " |"
+        )
         for cat, ca in run_a["categories"].items():
             cb = run_b["categories"][cat]
             cells = [f"{cb[k]:.4f} ({cb[k] - ca[k]:+.4f})" for k in METRICS]
-            cells += [f"{cb['subset_auroc'][s]:.4f} ({cb['subset_auroc'][s] - ca['subset_auroc'][s]:+.4f})" for s in ca["subset_auroc"]]
-            print(f"| {cat} | {'yes' if ca['weights_sha256'] == cb['weights_sha256'] else 'no'} | " + " | ".join(cells) + " |")
+            cells += [
+                f"{cb['subset_auroc'][s]:.4f} ({cb['subset_auroc'][s] - ca['subset_auroc'][s]:+.4f})"
+                for s in ca["subset_auroc"]
+            ]
+            print(
+                f"| {cat} | {'yes' if ca['weights_sha256'] == cb['weights_sha256'] else 'no'} | "
+                + " | ".join(cells)
+                + " |"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
-    parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, metavar="ISA/AMP",
-                        help=f"ISA level ({', '.join(ISAS)}) / amp (train.amp true) or fp32 (false); the first is the reference")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
-    parser.add_argument("--subsets", nargs="+", default=["24/8", "48/16", "96/32"], help="test images per class: good/defect-per-type")
-    parser.add_argument("--evaluate-only", action="store_true",
-                        help="score this project's trained models (its DVC cache) under each cap: no training; --kinds is ignored")
-    parser.add_argument("--compare", nargs=2, metavar="RESULTS.json",
-                        help="no runs: compare the first run of each kind in two results files (two machines) and exit")
-    parser.add_argument("--bootstrap", action="store_true",
-                        help="no runs: bootstrap sd of image AUROC on --subsets of this project's evaluation/<cat>/scores.csv, and exit")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=DEFAULT_RUNS,
+        metavar="ISA/AMP",
+        help=f"ISA level ({', '.join(ISAS)}) / amp (train.amp true) or fp32 (false); the first is the reference",
+    )
+    parser.add_argument(
+        "--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE", help="applied to every run"
+    )
+    parser.add_argument(
+        "--subsets", nargs="+", default=["24/8", "48/16", "96/32"], help="test images per class: good/defect-per-type"
+    )
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="score this project's trained models (its DVC cache) under each cap: no training; --kinds is ignored",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar="RESULTS.json",
+        help="no runs: compare the first run of each kind in two results files (two machines) and exit",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help=(
+            "no runs: bootstrap sd of image AUROC on --subsets of this project's evaluation/<cat>/scores.csv, and exit"
+        ),
+    )
     parser.add_argument("--out", help="JSON results")
     args = parser.parse_args()
     if args.bootstrap:
@@ -309,10 +400,18 @@ def main() -> None:
     # The test split must hold the largest subset.
     big_good, big_defect = max(g for g, _ in subsets), max(d for _, d in subsets)
     if not args.evaluate_only:  # evaluate-only scores the committed test split
-        override.setdefault("data", {}).setdefault("synthetic", {}).update(test_good=big_good, test_defect_per_type=big_defect)
+        override.setdefault("data", {}).setdefault("synthetic", {}).update(
+            test_good=big_good, test_defect_per_type=big_defect
+        )
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    print(f"# CPU {cpu_model()} ({' '.join(cpu_vector_flags())}), {os.cpu_count()} cores; project {commit}; --set {' '.join(args.assignments) or '(none)'}", flush=True)
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    print(
+        f"# CPU {cpu_model()} ({' '.join(cpu_vector_flags())}), {os.cpu_count()} cores; project {commit}; "
+        f"--set {' '.join(args.assignments) or '(none)'}",
+        flush=True,
+    )
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
@@ -342,13 +441,23 @@ def main() -> None:
                 write_params(clone, {**KINDS[kind], "train": {"amp": amp}})
                 # `report` needs train, thresholds and evaluate of every category, not export.
                 seconds = run([str(BIN / "dvc"), "repro", "report"], clone, isa)
-                row = {"kind": kind, "isa": isa, "amp": amp, "precision": precision, "seconds": round(seconds),
-                       "categories": collect(clone, categories, subsets)}
+                row = {
+                    "kind": kind,
+                    "isa": isa,
+                    "amp": amp,
+                    "precision": precision,
+                    "seconds": round(seconds),
+                    "categories": collect(clone, categories, subsets),
+                }
                 shutil.rmtree(clone)
                 reference = next(iter(runs.values()), row)
                 same = runs.get(("native", precision))
                 references = {"reference": reference, "native, same precision": same}
-                row["against"] = {name: compare(row["categories"], ref["categories"]) for name, ref in references.items() if ref is not None and ref is not row}
+                row["against"] = {
+                    name: compare(row["categories"], ref["categories"])
+                    for name, ref in references.items()
+                    if ref is not None and ref is not row
+                }
                 runs[isa, precision] = row
                 results.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "categories"}), flush=True)

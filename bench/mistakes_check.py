@@ -32,8 +32,10 @@ def check(root: Path, category: str) -> list[str]:
     for kind, expected in (("fn", fn), ("fp", fp)):
         got = {r["file"] for r in listed if r["kind"] == kind}
         if got != expected:
-            problems.append(f"{category}: {kind} in scores.csv but not in the gallery: {sorted(expected - got)[:5]}, "
-                            f"extra: {sorted(got - expected)[:5]}")
+            problems.append(
+                f"{category}: {kind} in scores.csv but not in the gallery: {sorted(expected - got)[:5]}, "
+                f"extra: {sorted(got - expected)[:5]}"
+            )
     missing = [r["image"] for r in listed if not (results / r["image"]).is_file()]
     if missing:
         problems.append(f"{category}: drawn mistakes missing: {missing[:5]}")
@@ -48,8 +50,11 @@ def check(root: Path, category: str) -> list[str]:
     if abs(far - metrics["false_alarm_rate"]) > 1e-9:
         problems.append(f"{category}: false_alarm_rate {metrics['false_alarm_rate']} but scores.csv gives {far}")
     by_hand = ", ".join(f"{name} {flagged[name]}/{count}" for name, count in sorted(images.items()))
-    print(f"{category}: {len(fn)} false negatives and {len(fp)} false positives in scores.csv, {len(listed)} in the "
-          f"gallery; recall by hand {by_hand}; false alarms {len(fp)}/{len(good)}; image AUROC {metrics['image_auroc']:.4f}")
+    print(
+        f"{category}: {len(fn)} false negatives and {len(fp)} false positives in scores.csv, {len(listed)} in the "
+        f"gallery; recall by hand {by_hand}; false alarms {len(fp)}/{len(good)}; "
+        f"image AUROC {metrics['image_auroc']:.4f}"
+    )
     return problems
 
 

@@ -35,13 +35,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from anomaly_spotter.config import PreprocessConfig, ScoreConfig, parse_params  # noqa: E402
+from anomaly_spotter.dataset.preprocessing import preprocess_category  # noqa: E402
+from anomaly_spotter.dataset.processed import ProcessedCategory, load_processed, save_npy  # noqa: E402
+from anomaly_spotter.detectors.coreset import coreset_size, sparse_projection  # noqa: E402
+from anomaly_spotter.detectors.patchcore import PatchCore  # noqa: E402
 from anomaly_spotter.tensors import to_tensor  # noqa: E402
 from anomaly_spotter.training.memory_bank import fit_memory_bank  # noqa: E402
 from anomaly_spotter.training.run import FitRun  # noqa: E402
-from anomaly_spotter.detectors.coreset import coreset_size, sparse_projection  # noqa: E402
-from anomaly_spotter.detectors.patchcore import PatchCore  # noqa: E402
-from anomaly_spotter.dataset.preprocessing import preprocess_category  # noqa: E402
-from anomaly_spotter.dataset.processed import ProcessedCategory, load_processed, save_npy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO.parent / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
@@ -73,8 +73,16 @@ def synthetic_category(folder: Path, train: int, test: int) -> ProcessedCategory
     save_npy(folder / "val.npy", images(16))
     save_npy(folder / "test.npy", images(test))
     save_npy(folder / "test_masks.npy", np.zeros((test, SIZE, SIZE), np.uint8))
-    items = [{"file": f"test/good/{i}.png", "label": 0, "defect_type": "good", "mask": None, "height": SIZE, "width": SIZE} for i in range(test)]
-    index = {"image_size": SIZE, "train": [f"train/good/{i}.png" for i in range(train)], "val": [f"v{i}" for i in range(16)], "test": items}
+    items = [
+        {"file": f"test/good/{i}.png", "label": 0, "defect_type": "good", "mask": None, "height": SIZE, "width": SIZE}
+        for i in range(test)
+    ]
+    index = {
+        "image_size": SIZE,
+        "train": [f"train/good/{i}.png" for i in range(train)],
+        "val": [f"v{i}" for i in range(16)],
+        "test": items,
+    }
     (folder / "index.json").write_text(json.dumps(index))
     return load_processed(folder)
 
@@ -100,7 +108,12 @@ def fit(data: ProcessedCategory, backbone: str, threads: int) -> dict:
         }
     )
     with tempfile.TemporaryDirectory() as tmp:
-        run = FitRun(model_path=Path(tmp) / "model.pt", checkpoint_dir=Path(tmp) / "c", log_dir=Path(tmp) / "logs", progress=False)
+        run = FitRun(
+            model_path=Path(tmp) / "model.pt",
+            checkpoint_dir=Path(tmp) / "c",
+            log_dir=Path(tmp) / "logs",
+            progress=False,
+        )
         result = fit_memory_bank(PatchCore, data, params, run)
         payload = torch.load(run.model_path, weights_only=True)
     detector = PatchCore.from_architecture(payload["architecture"])
@@ -146,16 +159,24 @@ def textbook_greedy_seconds(detector: PatchCore, images: np.ndarray, ratio: floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
-    parser.add_argument("--sizes", type=int, nargs="*", default=[100, 200, 400], help="training images for the growth table")
+    parser.add_argument(
+        "--sizes", type=int, nargs="*", default=[100, 200, 400], help="training images for the growth table"
+    )
     parser.add_argument("--backbones", nargs="*", default=["efficientnet_lite0", "efficientnet_lite2"])
     args = parser.parse_args()
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     data, source = dataset(max(args.sizes + [400]))
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {threads} threads; data: {source}, {SIZE} px, {len(data.train)} train images")
+    print(
+        f"CPU: {cpu_model()}; torch {torch.__version__}, {threads} threads; data: {source}, {SIZE} px, "
+        f"{len(data.train)} train images"
+    )
     print("(figures measured on a shared 2-core machine are approximate)\n")
 
-    print(f"{'backbone':20} {'train':>5} {'patches':>8} {'bank':>5} {'fit s':>6} {'features s':>10} {'coreset s':>9} {'img/s b32':>9} {'img/s b1':>8}")
+    print(
+        f"{'backbone':20} {'train':>5} {'patches':>8} {'bank':>5} {'fit s':>6} {'features s':>10} "
+        f"{'coreset s':>9} {'img/s b32':>9} {'img/s b1':>8}"
+    )
     score = ScoreConfig()
     test = data.test[:128]
     for backbone in args.backbones:
@@ -170,7 +191,10 @@ def main() -> None:
         )
 
     print(f"\nfit time vs training images (efficientnet_lite0, coreset_ratio {result['params'].model.coreset_ratio}):")
-    print(f"{'train':>5} {'patches':>8} {'bank':>5} {'fit s':>6} {'features s':>10} {'coreset s':>9} {'coreset share':>13}")
+    print(
+        f"{'train':>5} {'patches':>8} {'bank':>5} {'fit s':>6} {'features s':>10} "
+        f"{'coreset s':>9} {'coreset share':>13}"
+    )
     last = None
     for count in args.sizes:
         subset = dataclasses.replace(data, train=data.train[:count])
@@ -185,8 +209,10 @@ def main() -> None:
         count = args.sizes[-1]
         seconds, k = textbook_greedy_seconds(last["detector"], data.train[:count], last["params"].model.coreset_ratio)
         print(
-            f"\ntextbook greedy (one pass over all patches per centre) at {count} images: ~{seconds:.0f} s for {k} centres "
-            f"(extrapolated from {TEXTBOOK_STEPS}), vs {last['details']['coreset_seconds']:.1f} s batched (incl. exact radius)"
+            f"\ntextbook greedy (one pass over all patches per centre) at {count} images: "
+            f"~{seconds:.0f} s for {k} centres "
+            f"(extrapolated from {TEXTBOOK_STEPS}), vs {last['details']['coreset_seconds']:.1f} s batched "
+            "(incl. exact radius)"
         )
 
 

@@ -36,17 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from anomaly_spotter.evaluation import metrics  # noqa: E402
-from anomaly_spotter.detectors.anomaly_map import resize_to  # noqa: E402
 from anomaly_spotter.config import PreprocessConfig, ScoreConfig, parse_params  # noqa: E402
-from anomaly_spotter.tensors import to_tensor  # noqa: E402
-from anomaly_spotter.detectors import patchcore as patchcore_module  # noqa: E402
-from anomaly_spotter.training.memory_bank import fit_memory_bank  # noqa: E402
-from anomaly_spotter.training.run import FitRun  # noqa: E402
-from anomaly_spotter.detectors.patchcore import PatchCore  # noqa: E402
 from anomaly_spotter.dataset.images import read_mask  # noqa: E402
 from anomaly_spotter.dataset.preprocessing import preprocess_category  # noqa: E402
 from anomaly_spotter.dataset.processed import ProcessedCategory, load_processed  # noqa: E402
+from anomaly_spotter.detectors import patchcore as patchcore_module  # noqa: E402
+from anomaly_spotter.detectors.anomaly_map import resize_to  # noqa: E402
+from anomaly_spotter.detectors.patchcore import PatchCore  # noqa: E402
+from anomaly_spotter.evaluation import metrics  # noqa: E402
+from anomaly_spotter.tensors import to_tensor  # noqa: E402
+from anomaly_spotter.training.memory_bank import fit_memory_bank  # noqa: E402
+from anomaly_spotter.training.run import FitRun  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO.parent / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
@@ -55,7 +55,14 @@ OUT = REPO / "bench" / "results" / "patchcore_magnetic_tile.json"
 SIGMAS = (4.0, 8.0)  # score.smoothing_sigma values compared (px at model resolution)
 NEIGHBOURS = 9  # the paper's b, compared with 0 (plain score)
 
-BASE: dict[str, Any] = {"size": 256, "backbone": "efficientnet_lite0", "layers": (2, 3), "coreset_ratio": 0.01, "patch_window": 3, "seed": 0}
+BASE: dict[str, Any] = {
+    "size": 256,
+    "backbone": "efficientnet_lite0",
+    "layers": (2, 3),
+    "coreset_ratio": 0.01,
+    "patch_window": 3,
+    "seed": 0,
+}
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "seed1": {"seed": 1},
@@ -96,7 +103,10 @@ def original_masks(data: ProcessedCategory) -> list[np.ndarray]:
     """Ground truth at each test image's original size (the same for every image size; read once)."""
     global _MASKS
     if _MASKS is None:
-        _MASKS = [read_mask(RAW / item.mask) if item.mask else np.zeros((item.height, item.width), bool) for item in data.test_items]
+        _MASKS = [
+            read_mask(RAW / item.mask) if item.mask else np.zeros((item.height, item.width), bool)
+            for item in data.test_items
+        ]
     return _MASKS
 
 
@@ -120,7 +130,12 @@ def evaluate(name: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
     )
     patchcore_module.COUNT_BORDER_ZEROS = spec.get("count_border_zeros", True)
     with tempfile.TemporaryDirectory() as tmp:
-        run = FitRun(model_path=Path(tmp) / "model.pt", checkpoint_dir=Path(tmp) / "checkpoints", log_dir=Path(tmp) / "logs", progress=False)
+        run = FitRun(
+            model_path=Path(tmp) / "model.pt",
+            checkpoint_dir=Path(tmp) / "checkpoints",
+            log_dir=Path(tmp) / "logs",
+            progress=False,
+        )
         result = fit_memory_bank(PatchCore, data, params, run)
         saved = torch.load(run.model_path, map_location="cpu", weights_only=True)
     detector = PatchCore.from_architecture(saved["architecture"])
@@ -158,7 +173,9 @@ def evaluate(name: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
             scores = detector.image_scores(torch.empty(0), out, cfg).double().numpy()
             row[f"image_auroc_{reduction}_nn{neighbours}"] = round(metrics.image_auroc(labels, scores), 4)
             if reduction == "topk_mean" and neighbours == 0:
-                row["per_defect_image_auroc"] = {k: round(v, 4) for k, v in metrics.per_defect_auroc(labels, data.defect_types, scores).items()}
+                row["per_defect_image_auroc"] = {
+                    k: round(v, 4) for k, v in metrics.per_defect_auroc(labels, data.defect_types, scores).items()
+                }
     masks = original_masks(data)
     for sigma in SIGMAS:
         cfg = ScoreConfig(smoothing_sigma=sigma)
@@ -166,18 +183,42 @@ def evaluate(name: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
         for lo in range(0, len(output[0]), 64):
             part = (output[0][lo : lo + 64], output[1][lo : lo + 64])
             maps.extend(detector.anomaly_maps(fake_images, part, cfg).numpy())
-        resized = [resize_to(amap, mask.shape) for amap, mask in zip(maps, masks)]
+        resized = [resize_to(amap, mask.shape) for amap, mask in zip(maps, masks, strict=False)]
         row[f"pixel_auroc_s{sigma:g}"] = round(metrics.pixel_auroc(masks, resized), 4)
         row[f"au_pro_s{sigma:g}"] = round(metrics.au_pro(masks, resized, fpr_limit=0.3), 4)
     return row
 
 
 COLUMNS = (
-    ("variant", 16), ("fit_seconds", 7), ("coreset_seconds", 8), ("test_seconds", 7), ("bank_size", 6),
-    ("image_auroc_max_nn0", 7), ("image_auroc_max_nn9", 7), ("image_auroc_topk_mean_nn0", 7), ("image_auroc_topk_mean_nn9", 7),
-    ("pixel_auroc_s4", 7), ("au_pro_s4", 7), ("pixel_auroc_s8", 7), ("au_pro_s8", 7),
+    ("variant", 16),
+    ("fit_seconds", 7),
+    ("coreset_seconds", 8),
+    ("test_seconds", 7),
+    ("bank_size", 6),
+    ("image_auroc_max_nn0", 7),
+    ("image_auroc_max_nn9", 7),
+    ("image_auroc_topk_mean_nn0", 7),
+    ("image_auroc_topk_mean_nn9", 7),
+    ("pixel_auroc_s4", 7),
+    ("au_pro_s4", 7),
+    ("pixel_auroc_s8", 7),
+    ("au_pro_s8", 7),
 )
-HEADERS = ("variant", "fit s", "coreset", "test s", "bank", "img max", "max nn9", "img top1%", "top nn9", "pix s4", "pro s4", "pix s8", "pro s8")
+HEADERS = (
+    "variant",
+    "fit s",
+    "coreset",
+    "test s",
+    "bank",
+    "img max",
+    "max nn9",
+    "img top1%",
+    "top nn9",
+    "pix s4",
+    "pro s4",
+    "pix s8",
+    "pro s8",
+)
 
 
 def print_row(row: dict[str, Any]) -> None:
@@ -200,10 +241,20 @@ def main() -> None:
     unknown = [name for name in args.variants if name not in VARIANTS]
     if unknown:
         sys.exit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    print(f"CPU {cpu}; torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads; timings approximate (shared machine)")
-    print("  ".join(header.ljust(width) for header, (_, width) in zip(HEADERS, COLUMNS)))
+    print(
+        f"CPU {cpu}; torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads; "
+        "timings approximate (shared machine)"
+    )
+    print("  ".join(header.ljust(width) for header, (_, width) in zip(HEADERS, COLUMNS, strict=False)))
     rows = []
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     kept = {row["variant"]: row for row in previous.get("results", [])}

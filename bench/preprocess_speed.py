@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from anomaly_spotter.dataset import preprocessing  # noqa: E402
 from anomaly_spotter.config import PreprocessConfig  # noqa: E402
+from anomaly_spotter.dataset import preprocessing  # noqa: E402
 
 
 def make_category(root: Path, count: int) -> None:

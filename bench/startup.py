@@ -35,7 +35,9 @@ def main() -> None:
         for _ in range(3):  # best of three: the first run also warms the file cache
             code = PROBE.format(stages=str(ROOT / "stages"), path=str(path))
             start = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+            ).stdout.split()
             total = time.perf_counter() - start
             seconds, torch_loaded = float(out[0]), out[1] == "True"
             best = min(best or (9e9, 0, False), (seconds, total, torch_loaded))

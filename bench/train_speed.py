@@ -30,9 +30,9 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from anomaly_spotter.config import load_params  # noqa: E402
-from anomaly_spotter.detectors import build_detector, detector_class  # noqa: E402
 from anomaly_spotter.dataset.preprocessing import preprocess_category  # noqa: E402
 from anomaly_spotter.dataset.processed import load_processed  # noqa: E402
+from anomaly_spotter.detectors import build_detector, detector_class  # noqa: E402
 from anomaly_spotter.runtime import autocast_dtype, seed_everything  # noqa: E402
 from anomaly_spotter.sources.synthetic import generate_category  # noqa: E402
 from anomaly_spotter.training.loop import Trainer  # noqa: E402
@@ -90,13 +90,22 @@ def main() -> None:
     batch = args.batch_size or params.train.batch_size
     import dataclasses
 
-    params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=args.epochs, batch_size=batch, sample_every=0))
+    params = dataclasses.replace(
+        params, train=dataclasses.replace(params.train, epochs=args.epochs, batch_size=batch, sample_every=0)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate_category("weave", tmp / "raw", params.data.synthetic)
         preprocess_category(tmp / "raw", tmp / "processed", params.preprocess)
         data = load_processed(tmp / "processed")
-        trainer = Trainer(detector_class(params.model.kind), params, data, checkpoint_dir=tmp / "ck", log_dir=tmp / "logs", progress=False)
+        trainer = Trainer(
+            detector_class(params.model.kind),
+            params,
+            data,
+            checkpoint_dir=tmp / "ck",
+            log_dir=tmp / "logs",
+            progress=False,
+        )
         trainer.train_epoch(0)  # warm-up epoch (first-call allocations)
         start = time.perf_counter()
         for epoch in range(1, args.epochs + 1):
@@ -109,7 +118,10 @@ def main() -> None:
     bare_default = bare_step_rate(params, batch, steps, channels_last=False, amp_dtype=None)
     flops = flops_per_image(params)
     peak = matmul_gflops()
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}"
+    )
     print(f"batch size {batch}, image {params.preprocess.image_size}px, {len(data.train)} training images")
     print(f"model: {params.model.kind}, mixed precision: {amp or 'off (float32)'}")
     print(f"real training loop:                     {loop_rate:7.2f} img/s")
@@ -117,8 +129,13 @@ def main() -> None:
     print(f"bare step (channels_last, float32):     {bare_fp32:7.2f} img/s")
     print(f"bare step (contiguous, float32):        {bare_default:7.2f} img/s")
     print(f"model FLOPs per image (fwd+bwd): {flops / 1e9:.2f} GFLOP")
-    print(f"achieved: {loop_rate * flops / 1e9:.1f} GFLOP/s = {loop_rate * flops / 1e9 / peak:.1%} of float32 matmul ({peak:.1f} GFLOP/s)")
-    print(f"float32 bare step achieves {bare_fp32 * flops / 1e9:.1f} GFLOP/s = {bare_fp32 * flops / 1e9 / peak:.1%} of it")
+    print(
+        f"achieved: {loop_rate * flops / 1e9:.1f} GFLOP/s = {loop_rate * flops / 1e9 / peak:.1%} of float32 matmul "
+        f"({peak:.1f} GFLOP/s)"
+    )
+    print(
+        f"float32 bare step achieves {bare_fp32 * flops / 1e9:.1f} GFLOP/s = {bare_fp32 * flops / 1e9 / peak:.1%} of it"
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def main(argv=None):
     )
     pixel = (
         f"pixel AUROC {results['pixel_auroc']:.4f}, AU-PRO {results['au_pro']:.4f}"
-        if "pixel_auroc" in results else f"pixel metrics {results['pixel_metrics']}"
+        if "pixel_auroc" in results
+        else f"pixel metrics {results['pixel_metrics']}"
     )
     weakest = results.get("weakest_defect_type")
     print(f"{args.category}: image AUROC {results['image_auroc']:.4f}, {pixel}; lowest recall: {weakest}")

@@ -22,7 +22,9 @@ def main(argv=None):
     model, _ = load_model(args.model)
     data = load_processed(args.data)
     validation = score_images(model, data.val, params.score)
-    report = threshold_report(validation.scores, params.thresholds, score_record(params.score, model), val_source=data.val_source)
+    report = threshold_report(
+        validation.scores, params.thresholds, score_record(params.score, model), val_source=data.val_source
+    )
     write_json(args.out, report)
 
 

@@ -26,7 +26,9 @@ def main(argv=None):
     params = load_params(args.params, args.category)
     if params.train.processes > 1 and not launched_by_torchrun():
         sys.exit(relaunch(params.train.processes, [__file__, *(sys.argv[1:] if argv is None else argv)]))
-    result = train_category(load_processed(args.data), params, Path(args.model), Path(args.checkpoints), Path(args.logs))
+    result = train_category(
+        load_processed(args.data), params, Path(args.model), Path(args.checkpoints), Path(args.logs)
+    )
     if result.written:
         print(f"{args.category}: {result.summary}")
 

@@ -15,7 +15,17 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # What a fresh clone of the project holds that the pipeline needs.
-PROJECT_FILES = ("stages", "src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore")
+PROJECT_FILES = (
+    "stages",
+    "src",
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    ".dvc/config",
+    ".dvc/plots",
+    ".dvcignore",
+    ".gitignore",
+)
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 # Small enough that a whole `dvc repro` of two categories takes well under a minute.
@@ -32,7 +42,11 @@ TINY_PARAMS = {
 }
 # The same, as a plain autoencoder (params.yaml's default is the discriminative kind): for unit
 # tests of the reconstruction path, which parse these params without params.yaml underneath.
-TINY_RECONSTRUCTION = {**TINY_PARAMS, "model": {**TINY_PARAMS["model"], "kind": "reconstruction"}, "anomalies": {"probability": 0.0}}
+TINY_RECONSTRUCTION = {
+    **TINY_PARAMS,
+    "model": {**TINY_PARAMS["model"], "kind": "reconstruction"},
+    "anomalies": {"probability": 0.0},
+}
 
 
 def deep_update(base: dict, override: dict) -> dict:
@@ -56,7 +70,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> 
     """Run a command, returning its output; on failure show all of it."""
     result = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
     return result
 
 
@@ -104,10 +120,12 @@ def make_processed(root: Path, raw_params: dict, category: str = "weave") -> Pat
 
 def validation_thresholds(model, data, params):
     """What the thresholds stage computes (its report parsed back into a ``Thresholds``), in memory."""
-    from anomaly_spotter.scoring import score_images
     from anomaly_spotter.evaluation.thresholds import parse_thresholds, score_record, threshold_report
+    from anomaly_spotter.scoring import score_images
 
-    report = threshold_report(score_images(model, data.val, params.score).scores, params.thresholds, score_record(params.score, model))
+    report = threshold_report(
+        score_images(model, data.val, params.score).scores, params.thresholds, score_record(params.score, model)
+    )
     return parse_thresholds(report, "thresholds (in memory)")
 
 

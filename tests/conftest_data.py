@@ -197,7 +197,9 @@ def _handler_for(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 if kind == "status":
                     self._answer(int(arg), b"", "text/plain")
                 elif kind in ("html", "html-bytes"):
-                    self._answer(200, HTML_PAGE, "text/html; charset=utf-8" if kind == "html" else "application/octet-stream")
+                    self._answer(
+                        200, HTML_PAGE, "text/html; charset=utf-8" if kind == "html" else "application/octet-stream"
+                    )
                 elif kind == "stall":
                     self._headers(200, len(data))
                     time.sleep(float(arg))

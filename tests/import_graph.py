@@ -35,7 +35,9 @@ def module_name(path: Path) -> str:
 
 def _type_checking(node: ast.If) -> bool:
     test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imported_names(path: Path) -> set[str]:
@@ -54,10 +56,14 @@ def imported_names(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             names.add(base)
             # ``from anomaly_spotter.evaluation import metrics`` imports a module, not a name.
-            names.update(f"{base}.{alias.name}" for alias in node.names if module_file(f"{base}.{alias.name}") is not None)
+            names.update(
+                f"{base}.{alias.name}" for alias in node.names if module_file(f"{base}.{alias.name}") is not None
+            )
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -113,7 +119,7 @@ def find_cycle() -> list[str] | None:
         stack.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                cycle = stack[stack.index(target):] + [target]
+                cycle = stack[stack.index(target) :] + [target]
                 return [module_name(p) for p in cycle]
             if target not in state:
                 found = dfs(target)

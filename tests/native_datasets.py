@@ -17,10 +17,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from conftest_data import make_tar, square_mask, texture, write_image
 
 # The category each test fetches, and another one beside it in the archive.
-CATEGORY = {"visa": ("candle", "pcb1"), "mvtec_3d": ("bagel", "tire"), "mvtec_loco": ("pushpins", "screw_bag"), "mvtec_ad2": ("can", "vial")}
+CATEGORY = {
+    "visa": ("candle", "pcb1"),
+    "mvtec_3d": ("bagel", "tire"),
+    "mvtec_loco": ("pushpins", "screw_bag"),
+    "mvtec_ad2": ("can", "vial"),
+}
 # Counts small enough for 2 cores, large enough for the pipeline: thresholds need 2 validation images.
 TRAIN, VALIDATION, TEST_GOOD, TEST_BAD = 6, 2, 2, 2
 
@@ -50,7 +56,9 @@ def build_visa(root: Path, category: str, seeds: _Seeds) -> list[str]:
         mask = square_mask(i, value=1)
         mask[20:24, 20:24] = 2
         write_image(data / "Masks" / "Anomaly" / f"{i:03d}.png", mask)
-        rows.append(f"{category},test,anomaly,{category}/Data/Images/Anomaly/{i:03d}.JPG,{category}/Data/Masks/Anomaly/{i:03d}.png")
+        rows.append(
+            f"{category},test,anomaly,{category}/Data/Images/Anomaly/{i:03d}.JPG,{category}/Data/Masks/Anomaly/{i:03d}.png"
+        )
     (root / category / "image_anno.csv").write_text("image,label,mask\n")
     return rows
 
@@ -75,7 +83,9 @@ def build_mvtec_3d(root: Path, category: str, seeds: _Seeds) -> None:
 
     def sample(folder: Path, name: str, mask: np.ndarray | None) -> None:
         seeds.image(folder / "rgb" / f"{name}.png")
-        assert cv2.imwrite(str(folder / "xyz" / f"{name}.tiff"), np.random.default_rng(seeds.value).random((32, 32, 3), np.float32))
+        assert cv2.imwrite(
+            str(folder / "xyz" / f"{name}.tiff"), np.random.default_rng(seeds.value).random((32, 32, 3), np.float32)
+        )
         if mask is not None:
             write_image(folder / "gt" / f"{name}.png", mask)
 

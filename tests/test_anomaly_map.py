@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_spotter.detectors.anomaly_map import RECONSTRUCTION_MAPS, anomaly_map, gaussian_kernel_size, image_scores, resize_to, topk_count
+from anomaly_spotter.detectors.anomaly_map import (
+    RECONSTRUCTION_MAPS,
+    anomaly_map,
+    gaussian_kernel_size,
+    image_scores,
+    resize_to,
+    topk_count,
+)
 
 
 def images(n: int = 2, size: int = 24, seed: int = 0) -> torch.Tensor:
@@ -52,8 +59,8 @@ def test_combined_is_weighted_sum_of_halved_dssim_and_l2() -> None:
     dssim = anomaly_map(x, y, kind="ssim", ssim_window=7, smoothing_sigma=0)
     combined = anomaly_map(x, y, kind="combined", ssim_window=7, combined_ssim_weight=0.3, smoothing_sigma=0)
     torch.testing.assert_close(combined, 0.3 * dssim / 2 + 0.7 * l2)
-    assert 0 <= float(dssim.min()) and float(dssim.max()) <= 2
-    assert 0 <= float(combined.min()) and float(combined.max()) <= 1
+    assert float(dssim.min()) >= 0 and float(dssim.max()) <= 2
+    assert float(combined.min()) >= 0 and float(combined.max()) <= 1
 
 
 def test_smoothing_preserves_shape_and_mass_and_lowers_the_peak() -> None:

@@ -22,7 +22,13 @@ from anomaly_spotter.training import FitRun, fit_detector
 from import_graph import ROOT, SRC, closure, edges, find_cycle, module_file, module_name, package_modules
 
 STAGES = ("fetch", "preprocess", "train", "thresholds", "evaluate", "export", "report")
-INFERENCE = ("anomaly_spotter.scoring", "anomaly_spotter.evaluation.thresholds", "anomaly_spotter.evaluation.evaluate", "anomaly_spotter.deploy.export", "anomaly_spotter.deploy.predict")
+INFERENCE = (
+    "anomaly_spotter.scoring",
+    "anomaly_spotter.evaluation.thresholds",
+    "anomaly_spotter.evaluation.evaluate",
+    "anomaly_spotter.deploy.export",
+    "anomaly_spotter.deploy.predict",
+)
 
 
 def test_no_import_loops():
@@ -45,7 +51,12 @@ def test_the_graph_sees_deferred_imports_and_skips_type_checking_ones(tmp_path):
 # Imports run one way: a module imports only from its own room or from rooms of a lower rank.
 # The top-level shared modules come first; scoring sits above the detectors it runs.
 LAYERS: dict[str, int] = {
-    "__init__": 0, "errors": 0, "fileio": 0, "tensors": 0, "runtime": 0, "cli": 0,
+    "__init__": 0,
+    "errors": 0,
+    "fileio": 0,
+    "tensors": 0,
+    "runtime": 0,
+    "cli": 0,
     "config": 1,
     "dataset": 2,
     "sources": 3,
@@ -95,8 +106,20 @@ def test_inference_does_not_import_the_training_stack(module):
 
 def test_inference_runs_without_loading_training_in_a_fresh_process():
     """The same at run time: importing every inference module loads no training module, nor DVCLive."""
-    code = "import sys; " + "; ".join(f"import {m}" for m in INFERENCE) + "; print(sorted(m for m in sys.modules if m.startswith(('anomaly_spotter.training', 'dvclive', 'albumentations'))))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": ""}, check=True)
+    code = (
+        "import sys; "
+        + "; ".join(f"import {m}" for m in INFERENCE)
+        + "; print(sorted(m for m in sys.modules if m.startswith("
+        "('anomaly_spotter.training', 'dvclive', 'albumentations'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": ""},
+        check=True,
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -140,18 +163,35 @@ def test_each_registered_class_declares_its_kind_and_map_kinds():
 def test_the_registry_checks_what_each_class_declares():
     assert param_problems(config.parse_params({})) == []
     problems = param_problems(config.parse_params({"model": {"kind": "patchcor"}}))
-    assert problems == ["model.kind: 'patchcor' is not one of reconstruction, discriminative, patchcore (did you mean 'patchcore'?)"]
-    problems = param_problems(config.parse_params({"model": {"kind": "patchcore", "patch_window": 4, "layers": [5]}, "score": {"map": "ssim"}}))
-    assert [p.split(":")[0] for p in problems] == ["score.map is 'ssim' but model.kind patchcore scores with auto, distance", "model.patch_window", "model.layers"]
+    assert problems == [
+        "model.kind: 'patchcor' is not one of reconstruction, discriminative, patchcore (did you mean 'patchcore'?)"
+    ]
+    problems = param_problems(
+        config.parse_params(
+            {"model": {"kind": "patchcore", "patch_window": 4, "layers": [5]}, "score": {"map": "ssim"}}
+        )
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "score.map is 'ssim' but model.kind patchcore scores with auto, distance",
+        "model.patch_window",
+        "model.layers",
+    ]
     with pytest.raises(config.ConfigError, match="anomalies.probability"):
         check_params(config.parse_params({"anomalies": {"probability": 0.0}}))
 
 
 def test_each_module_is_imported_by_something_or_is_an_entry_point():
-    """No orphans: every module is reachable from a stage, a ``python -m`` entry point, a console script or a package __init__."""
+    """No orphans: every module is reachable from a stage, a ``python -m`` entry point, a console script or
+    a package __init__.
+    """
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     entry_points = [target.split(":")[0] for target in scripts.values()]
-    entry_points += ["anomaly_spotter.deploy.predict", "anomaly_spotter.training.yardstick", "anomaly_spotter.evaluation.plots_template", "anomaly_spotter.evaluation.readme_table"]
+    entry_points += [
+        "anomaly_spotter.deploy.predict",
+        "anomaly_spotter.training.yardstick",
+        "anomaly_spotter.evaluation.plots_template",
+        "anomaly_spotter.evaluation.readme_table",
+    ]
     roots = [ROOT / "stages" / f"{s}.py" for s in STAGES] + [module_file(m) for m in entry_points]
     reached = set().union(*(closure(r) for r in roots))
     assert [str(p.relative_to(SRC)) for p in package_modules() if p not in reached] == []
@@ -199,29 +239,43 @@ def mean_intensity_kind(monkeypatch):
 
 
 def test_a_new_kind_runs_through_fit_thresholds_evaluate_and_export(mean_intensity_kind, tmp_path):
-    from anomaly_spotter.evaluation.evaluate import evaluate_category
-    from anomaly_spotter.deploy.export import export_category
     from anomaly_spotter.dataset.processed import load_processed
+    from anomaly_spotter.deploy.export import export_category
+    from anomaly_spotter.evaluation.evaluate import evaluate_category
     from conftest import TINY_PARAMS, make_processed, validation_thresholds
 
     params = config.parse_params(TINY_PARAMS)
     root = make_processed(tmp_path, TINY_PARAMS)
     data = load_processed(root)
     model_path = tmp_path / "model.pt"
-    assert fit_detector(mean_intensity_kind, data, params, FitRun(model_path, tmp_path / "ck", tmp_path / "logs")).written  # saved as built
+    assert fit_detector(
+        mean_intensity_kind, data, params, FitRun(model_path, tmp_path / "ck", tmp_path / "logs")
+    ).written  # saved as built
     model, _ = load_model(model_path)
     assert isinstance(model, MeanIntensityDetector)
 
     thresholds = validation_thresholds(model, data, params)
     results = evaluate_category(
-        data, tmp_path / "raw", model, thresholds, params, category="weave",
-        metrics_path=tmp_path / "metrics.json", plots_dir=tmp_path / "plots", results_dir=tmp_path / "results",
+        data,
+        tmp_path / "raw",
+        model,
+        thresholds,
+        params,
+        category="weave",
+        metrics_path=tmp_path / "metrics.json",
+        plots_dir=tmp_path / "plots",
+        results_dir=tmp_path / "results",
     )
     # The map is the mean intensity: the metrics computed by hand from the same numbers must agree.
     from anomaly_spotter.evaluation import metrics as m
 
-    intensity = (data.test.astype(np.float64).mean(axis=-1) / 255.0)  # (N, S, S), what the map is up to float32
-    scores = np.array([np.sort(s.ravel())[-max(1, int(np.ceil(s.size * params.score.topk_percent / 100))):].mean() for s in intensity])
+    intensity = data.test.astype(np.float64).mean(axis=-1) / 255.0  # (N, S, S), what the map is up to float32
+    scores = np.array(
+        [
+            np.sort(s.ravel())[-max(1, int(np.ceil(s.size * params.score.topk_percent / 100))) :].mean()
+            for s in intensity
+        ]
+    )
     assert results["image_auroc"] == pytest.approx(m.image_auroc(data.test_labels, scores), abs=1e-6)
     assert (tmp_path / "plots" / "heatmaps.png").is_file()
 

@@ -3,8 +3,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from anomaly_spotter.training.augment import build_augmentations
 from anomaly_spotter.config import AugmentConfig
+from anomaly_spotter.training.augment import build_augmentations
 from anomaly_spotter.training.datasets import ImageDataset
 
 OFF = AugmentConfig(hflip_p=0, vflip_p=0, rotate90_p=0, brightness_contrast_p=0, shift_p=0, noise_p=0)

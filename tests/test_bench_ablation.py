@@ -14,13 +14,36 @@ def test_ablation_bench_measures_every_variant(tmp_path):
     params_file.write_text(yaml.safe_dump(params))
     out = tmp_path / "ablation.json"
     result = run(
-        [sys.executable, "bench/ablation.py", "--params", str(params_file), "--categories", "washer", "--work", str(tmp_path / "work"),
-         "--out", str(out), "--set", "train.epochs=1", "--set", "model.head_channels=4", "--set", "model.head_depth=2"],
+        [
+            sys.executable,
+            "bench/ablation.py",
+            "--params",
+            str(params_file),
+            "--categories",
+            "washer",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "model.head_channels=4",
+            "--set",
+            "model.head_depth=2",
+        ],
         cwd=REPO,
     )
     rows = json.loads(out.read_text())["rows"]
     patchcore = ["patchcore_lite0", "patchcore_lite2", "patchcore_lite2_1pc"]
-    assert [r["variant"] for r in rows] == ["ae_skips", "ae", "ae_skips_removal", "ae_removal", "discriminative", *patchcore]
+    assert [r["variant"] for r in rows] == [
+        "ae_skips",
+        "ae",
+        "ae_skips_removal",
+        "ae_removal",
+        "discriminative",
+        *patchcore,
+    ]
     assert [r["map"] for r in rows] == ["ssim"] * 4 + ["head"] + ["distance"] * 3
     for row in rows:
         for key in ("val_synthetic_image_auroc", "image_auroc", "pixel_auroc", "au_pro"):

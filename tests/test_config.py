@@ -87,7 +87,9 @@ def test_a_percentile_of_100_is_one_rule_everywhere():
     """config and thresholds share check_percentile: the largest normal score is a valid threshold."""
     from anomaly_spotter.evaluation.thresholds import compute_thresholds
 
-    assert parse_params({"thresholds": {"percentiles": [100.0], "strategy": "percentile_100"}}).thresholds.percentiles == (100.0,)
+    assert parse_params(
+        {"thresholds": {"percentiles": [100.0], "strategy": "percentile_100"}}
+    ).thresholds.percentiles == (100.0,)
     assert compute_thresholds([1.0, 2.0, 3.0], percentiles=(100.0,))["percentile_100"] == 3.0
     with pytest.raises(ConfigError, match=r"thresholds.percentiles: 101 is not in \[0, 100\]"):
         parse_params({"thresholds": {"percentiles": [101.0]}})

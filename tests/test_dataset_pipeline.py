@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from anomaly_spotter.evaluation.thresholds import OFFICIAL_VALIDATION_SOURCE, VALIDATION_SOURCE
+from anomaly_spotter.sources.fetch import ARCHIVE_DATASETS
 from conftest import dvc, make_project
 from conftest_data import running_server
 from native_datasets import CATEGORY, build_archive
-
-from anomaly_spotter.sources.fetch import ARCHIVE_DATASETS
-from anomaly_spotter.evaluation.thresholds import OFFICIAL_VALIDATION_SOURCE, VALIDATION_SOURCE
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +33,15 @@ def test_source_runs_through_the_whole_pipeline(source, tmp_path, monkeypatch):
         server.add("/share/" + spec.path, archive.read_bytes())
         root = make_project(
             tmp_path / "repo",
-            {"data": {"source": source, "categories": [category], "mirror": server.url("/share/")}, "evaluate": {"pro_fpr_limit": 0.05}},
+            {
+                "data": {"source": source, "categories": [category], "mirror": server.url("/share/")},
+                "evaluate": {"pro_fpr_limit": 0.05},
+            },
         )
         module = root / "src" / "anomaly_spotter" / "sources" / f"{source}.py"
-        module.write_text(module.read_text().replace(spec.checksum, hashlib.new(spec.algorithm, archive.read_bytes()).hexdigest()))
+        module.write_text(
+            module.read_text().replace(spec.checksum, hashlib.new(spec.algorithm, archive.read_bytes()).hexdigest())
+        )
         dvc("repro", "report", cwd=root)  # export is not about the data: left out to save time
         assert len(server.requests) == 1  # one download for the dataset
 

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_data import make_tar, running_server, tree_bytes
-from native_datasets import CATEGORY, TEST_BAD, TEST_GOOD, TRAIN, VALIDATION, build_archive, build_tree, write_visa_csv
 
-from anomaly_spotter.sources import archives
-from anomaly_spotter.sources.archives import fetch_dataset_category
 from anomaly_spotter.config import parse_params
-from anomaly_spotter.errors import ConfigError, DataError, FetchError, UserError
-from anomaly_spotter.sources.fetch import ARCHIVE_DATASETS, check_data
 from anomaly_spotter.dataset.images import read_mask_values
 from anomaly_spotter.dataset.layout import list_category
+from anomaly_spotter.errors import ConfigError, DataError, FetchError, UserError
+from anomaly_spotter.sources import archives
+from anomaly_spotter.sources.archives import fetch_dataset_category
+from anomaly_spotter.sources.fetch import ARCHIVE_DATASETS, check_data
+from conftest_data import make_tar, running_server, tree_bytes
+from native_datasets import CATEGORY, TEST_BAD, TEST_GOOD, TRAIN, VALIDATION, build_archive, build_tree, write_visa_csv
 
 SOURCES = ("visa", "mvtec_3d", "mvtec_loco", "mvtec_ad2")
 
@@ -55,7 +55,13 @@ def assert_nothing_written(dest: Path) -> None:
 
 def fetch(dataset, dest: Path, cache: Path, **where) -> None:
     fetch_dataset_category(
-        dataset, CATEGORY[dataset.source][0], dest, cache_dir=cache, min_train_images=4, progress=False, **{"archive": None, "mirror": None, **where}
+        dataset,
+        CATEGORY[dataset.source][0],
+        dest,
+        cache_dir=cache,
+        min_train_images=4,
+        progress=False,
+        **{"archive": None, "mirror": None, **where},
     )
 
 
@@ -91,7 +97,10 @@ def test_served_archive_becomes_an_mvtec_layout_category(source, tmp_path, http_
         # The union of both regions of a structural image, and the regions kept for sPRO.
         union = read_mask_values(dest / "ground_truth" / "structural_anomalies" / "000_mask.png") > 0
         assert union[2:8, 4:12].all() and union[24:28, 24:30].all()
-        assert sorted(p.name for p in (dest / "regions" / "structural_anomalies" / "000").iterdir()) == ["000.png", "001.png"]
+        assert sorted(p.name for p in (dest / "regions" / "structural_anomalies" / "000").iterdir()) == [
+            "000.png",
+            "001.png",
+        ]
         assert json.loads((dest / "regions" / "defects_config.json").read_text())[0]["defect_name"] == "missing_pushpin"
 
 
@@ -103,7 +112,16 @@ def test_second_category_reuses_the_downloaded_archive(tmp_path, http_server, mo
     cache = tmp_path / "cache"
     fetch(checked, tmp_path / "raw" / "bagel", cache, mirror=http_server.url("/s/"))
     monkeypatch.setattr(archives, "file_digest", lambda *a, **k: pytest.fail("hashed twice"))
-    fetch_dataset_category(checked, "tire", tmp_path / "raw" / "tire", archive=None, mirror=http_server.url("/s/"), cache_dir=cache, min_train_images=4, progress=False)
+    fetch_dataset_category(
+        checked,
+        "tire",
+        tmp_path / "raw" / "tire",
+        archive=None,
+        mirror=http_server.url("/s/"),
+        cache_dir=cache,
+        min_train_images=4,
+        progress=False,
+    )
     assert len(http_server.requests) == 1
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["bagel", "tire"]
 
@@ -150,12 +168,27 @@ def test_truncated_archive_is_an_error_and_leaves_the_previous_category(tmp_path
 @pytest.mark.parametrize(
     "row, problem",
     [
-        ("candle,train,normal,candle/Data/Images/Normal/9999.JPG,", "'candle/Data/Images/Normal/9999.JPG' is not in the archive"),
-        ("candle,train,normal,candle/../../etc/passwd,", "'candle/../../etc/passwd' is outside the dataset's candle/ folder"),
+        (
+            "candle,train,normal,candle/Data/Images/Normal/9999.JPG,",
+            "'candle/Data/Images/Normal/9999.JPG' is not in the archive",
+        ),
+        (
+            "candle,train,normal,candle/../../etc/passwd,",
+            "'candle/../../etc/passwd' is outside the dataset's candle/ folder",
+        ),
         ("candle,train,normal,/etc/passwd,", "'/etc/passwd' is outside the dataset's candle/ folder"),
-        ("candle,train,normal,pcb1/Data/Images/Normal/0000.JPG,", "'pcb1/Data/Images/Normal/0000.JPG' is outside the dataset's candle/ folder"),
-        ("candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/404.png", "'candle/Data/Masks/Anomaly/404.png' is not in"),
-        ("candle,val,normal,candle/Data/Images/Normal/0000.JPG,", "split 'val' with label 'normal' is not part of the one-class split"),
+        (
+            "candle,train,normal,pcb1/Data/Images/Normal/0000.JPG,",
+            "'pcb1/Data/Images/Normal/0000.JPG' is outside the dataset's candle/ folder",
+        ),
+        (
+            "candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/404.png",
+            "'candle/Data/Masks/Anomaly/404.png' is not in",
+        ),
+        (
+            "candle,val,normal,candle/Data/Images/Normal/0000.JPG,",
+            "split 'val' with label 'normal' is not part of the one-class split",
+        ),
     ],
 )
 def test_visa_split_rows_that_name_no_usable_file(row, problem, tmp_path):
@@ -174,7 +207,9 @@ def test_visa_split_rows_that_name_no_usable_file(row, problem, tmp_path):
 
 
 def test_misspelt_source_suggests_the_closest():
-    with pytest.raises(ConfigError, match=r"data.source: 'mvtec_lcoo' is not one of .*mvtec_loco.* \(did you mean 'mvtec_loco'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"data.source: 'mvtec_lcoo' is not one of .*mvtec_loco.* \(did you mean 'mvtec_loco'\?\)"
+    ):
         check_data(parse_params({"data": {"source": "mvtec_lcoo"}}).data)
 
 
@@ -186,15 +221,31 @@ def test_unknown_category_suggests_the_closest(source):
         check_data(parse_params({"data": {"source": source, "categories": [typo]}}).data)
     assert f"data.categories: {typo!r} is not a {source} category (did you mean {good!r}?)" in str(info.value)
     with pytest.raises(UserError, match=f"did you mean {good!r}"):
-        fetch_dataset_category(ARCHIVE_DATASETS[source], typo, Path("unused"), archive=None, mirror=None, cache_dir=Path("unused"), min_train_images=1)
+        fetch_dataset_category(
+            ARCHIVE_DATASETS[source],
+            typo,
+            Path("unused"),
+            archive=None,
+            mirror=None,
+            cache_dir=Path("unused"),
+            min_train_images=1,
+        )
 
 
 def test_archive_of_another_dataset_says_which_to_use(tmp_path):
     archive = build_archive("mvtec_ad2", tmp_path, "mvtec_ad_2.tar.gz")
-    with pytest.raises(FetchError, match=r"holds no 'bagel/' folder; data.archive must be the whole MVTec 3D-AD archive"):
+    with pytest.raises(
+        FetchError, match=r"holds no 'bagel/' folder; data.archive must be the whole MVTec 3D-AD archive"
+    ):
         fetch_dataset_category(
-            genuine("mvtec_3d", archive, digest(archive, "md5")), "bagel", tmp_path / "raw" / "bagel",
-            archive=archive, mirror=None, cache_dir=tmp_path / "cache", min_train_images=1, progress=False,
+            genuine("mvtec_3d", archive, digest(archive, "md5")),
+            "bagel",
+            tmp_path / "raw" / "bagel",
+            archive=archive,
+            mirror=None,
+            cache_dir=tmp_path / "cache",
+            min_train_images=1,
+            progress=False,
         )
     assert_nothing_written(tmp_path / "raw" / "bagel")
 
@@ -212,7 +263,9 @@ def test_official_validation_split_replaces_the_holdout(tmp_path):
     preprocess_category(raw, tmp_path / "processed", PreprocessConfig(image_size=32, val_fraction=0.5))
     data = load_processed(tmp_path / "processed")
     assert data.val_source == "official"
-    assert len(data.train) == TRAIN and data.val_files == tuple(f"validation/good/{i:03d}_regular.png" for i in range(VALIDATION))
+    assert len(data.train) == TRAIN and data.val_files == tuple(
+        f"validation/good/{i:03d}_regular.png" for i in range(VALIDATION)
+    )
     report = threshold_report([0.1, 0.2], ThresholdsConfig(), {"map": "l2"}, val_source=data.val_source)
     assert parse_thresholds(report, "t.json").validation_source == OFFICIAL_VALIDATION_SOURCE
     assert "never test images" in OFFICIAL_VALIDATION_SOURCE

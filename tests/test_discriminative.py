@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomaly_spotter.detectors.discriminative import SegmentationHead, SegmentationLoss
 from anomaly_spotter.detectors.autoencoder import count_parameters
+from anomaly_spotter.detectors.discriminative import SegmentationHead, SegmentationLoss
 
 EQUAL = {"focal_weight": 1.0, "dice_weight": 1.0}  # the plain sum of the two terms
 
@@ -60,7 +60,9 @@ def test_gradient_flows_to_both_inputs():
 )
 def test_input_validation(image_shape, reconstruction_shape, dtype, message):
     with pytest.raises(ValueError, match=message):
-        SegmentationHead(base_channels=4, depth=3)(torch.zeros(image_shape, dtype=dtype), torch.zeros(reconstruction_shape, dtype=dtype))
+        SegmentationHead(base_channels=4, depth=3)(
+            torch.zeros(image_shape, dtype=dtype), torch.zeros(reconstruction_shape, dtype=dtype)
+        )
 
 
 def test_perfect_prediction_gives_near_zero_loss():
@@ -91,7 +93,9 @@ def test_focal_value_by_hand():
     _, parts = loss(torch.full((1, 1, 1, 1), 2.0), torch.zeros(1, 1, 1, 1))
     assert parts["focal"] == pytest.approx(p**2 * -math.log(1 - p), rel=1e-5)
     # alpha weights the defect class by alpha.
-    _, parts = SegmentationLoss(focal_weight=1.0, dice_weight=0.0, focal_alpha=0.25)(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    _, parts = SegmentationLoss(focal_weight=1.0, dice_weight=0.0, focal_alpha=0.25)(
+        torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
+    )
     assert parts["focal"] == pytest.approx(0.25 * 0.25 * math.log(2), rel=1e-5)
 
 
@@ -153,7 +157,7 @@ def test_dice_over_a_batch_split_across_processes_equals_the_whole_batch_dice():
 
     for first, second in ((slice(0, 2), slice(2, 4)), (slice(2, 4), slice(0, 2))):
         other = sums(logits[second], mask[second])
-        _, half = loss(logits[first], mask[first], sum_over_batch=lambda s: s + other)
+        _, half = loss(logits[first], mask[first], sum_over_batch=lambda s, other=other: s + other)
         assert half["dice"] == pytest.approx(whole["dice"], rel=1e-6)
     _, local = loss(logits[:2], mask[:2])
     assert local["dice"] != pytest.approx(whole["dice"], rel=1e-3)  # without the sums it differs

@@ -184,7 +184,10 @@ def params_key_problem(key: str) -> str | None:
             return f"{key}: {'.'.join(parts[:i])} is a setting, not a section"
         fields = typing.get_type_hints(cls)
         if part not in fields:
-            return f"{key}: {part!r} is not a key of {'.'.join(parts[:i]) or 'params.yaml'} (valid: {', '.join(sorted(fields))})"
+            return (
+                f"{key}: {part!r} is not a key of {'.'.join(parts[:i]) or 'params.yaml'} "
+                f"(valid: {', '.join(sorted(fields))})"
+            )
         cls = fields[part]
     return None
 

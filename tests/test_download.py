@@ -9,6 +9,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from anomaly_spotter.errors import FetchError
+from anomaly_spotter.sources.download import download, partial_path, safe_extract
 from conftest_data import (
     file_member,
     link_member,
@@ -19,9 +22,6 @@ from conftest_data import (
     special_member,
     tree_bytes,
 )
-
-from anomaly_spotter.sources.download import download, partial_path, safe_extract
-from anomaly_spotter.errors import FetchError
 
 # A payload of a few chunks' worth would make the tests slow; a few hundred kB still
 # exercises partial reads, and it is not text so an HTML sniff cannot match by accident.
@@ -118,7 +118,9 @@ def test_checksum_mismatch(http_server, tmp_path):
     assert leftovers(tmp_path) == []  # neither the file nor its .part
 
 
-@pytest.mark.parametrize("action, detail", [("html", "Content-Type: text/html"), ("html-bytes", "starts with an HTML tag")])
+@pytest.mark.parametrize(
+    "action, detail", [("html", "Content-Type: text/html"), ("html-bytes", "starts with an HTML tag")]
+)
 def test_html_page_instead_of_the_archive(http_server, tmp_path, action, detail):
     url = http_server.add("/bottle.tar.xz", PAYLOAD, action)
     with pytest.raises(FetchError, match="sent a web page") as info:
@@ -131,7 +133,9 @@ def test_existing_download_is_reused_without_network(tmp_path):
     dest = tmp_path / "f.bin"
     dest.write_bytes(PAYLOAD)
     # No server exists at this address: any request would fail.
-    assert download("http://127.0.0.1:9/f.bin", dest, expected_sha256=hashlib.sha256(PAYLOAD).hexdigest(), **FAST) == dest
+    assert (
+        download("http://127.0.0.1:9/f.bin", dest, expected_sha256=hashlib.sha256(PAYLOAD).hexdigest(), **FAST) == dest
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +165,13 @@ def test_extracts_zip_archives(tmp_path):
 def test_select_and_stop(tmp_path):
     archive = make_raw_tar(
         tmp_path / "a.tar.gz",
-        [file_member("top/a/1"), file_member("top/b/1"), file_member("top/b/2"), file_member("top/c/1"), (tarfile.TarInfo("junk"), None)],
+        [
+            file_member("top/a/1"),
+            file_member("top/b/1"),
+            file_member("top/b/2"),
+            file_member("top/c/1"),
+            (tarfile.TarInfo("junk"), None),
+        ],
     )
     seen: list[str] = []
 
@@ -177,7 +187,12 @@ def test_select_and_stop(tmp_path):
 UNSAFE = [
     ("dot-dot", [file_member("ok.txt"), file_member("bottle/../../evil.txt")], "bottle/../../evil.txt", "'..'"),
     ("absolute", [file_member("/tmp/evil.txt")], "/tmp/evil.txt", "absolute path"),
-    ("symlink outside", [link_member("bottle/link", "../../outside"), file_member("bottle/link/evil.txt")], "bottle/link", "symbolic link"),
+    (
+        "symlink outside",
+        [link_member("bottle/link", "../../outside"), file_member("bottle/link/evil.txt")],
+        "bottle/link",
+        "symbolic link",
+    ),
     ("absolute symlink", [link_member("link", "/etc")], "link", "symbolic link to '/etc'"),
     # Each link looks harmless when written; together L points out of the destination.
     ("symlink chain", [link_member("L", "d/../x"), link_member("d", ".")], "L", "leads out of the destination"),
@@ -217,7 +232,11 @@ def test_unsafe_zip_members_are_refused(tmp_path, name):
 def test_links_inside_the_destination_are_kept(tmp_path):
     archive = make_raw_tar(
         tmp_path / "a.tar.gz",
-        [file_member("a/data.bin", b"xyz"), link_member("a/soft", "data.bin"), link_member("a/hard", "a/data.bin", hard=True)],
+        [
+            file_member("a/data.bin", b"xyz"),
+            link_member("a/soft", "data.bin"),
+            link_member("a/hard", "a/data.bin", hard=True),
+        ],
     )
     safe_extract(archive, tmp_path / "out")
     out = tmp_path / "out" / "a"

@@ -7,15 +7,16 @@ import pytest
 import tifffile
 
 from anomaly_spotter.config import parse_params
-from anomaly_spotter.errors import UserError
-from anomaly_spotter.evaluation.evaluate import evaluate_category
 from anomaly_spotter.dataset.preprocessing import preprocess_category
 from anomaly_spotter.dataset.processed import load_processed
+from anomaly_spotter.detectors import load_model
+from anomaly_spotter.errors import UserError
+from anomaly_spotter.evaluation.evaluate import evaluate_category
 from anomaly_spotter.evaluation.report import summarise, write_report
 from anomaly_spotter.sources.synthetic import generate_category
-from anomaly_spotter.detectors import load_model
 from anomaly_spotter.training import train_category
-from conftest import TINY_RECONSTRUCTION as TINY_PARAMS, deep_update, validation_thresholds
+from conftest import TINY_RECONSTRUCTION as TINY_PARAMS
+from conftest import deep_update, validation_thresholds
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,15 @@ def trained(tmp_path_factory):
 def test_evaluate_writes_metrics_plots_and_results(trained):
     root, params, data, model, thresholds = trained
     results = evaluate_category(
-        data, root / "raw", model, thresholds, params, category="washer",
-        metrics_path=root / "metrics.json", plots_dir=root / "plots", results_dir=root / "results",
+        data,
+        root / "raw",
+        model,
+        thresholds,
+        params,
+        category="washer",
+        metrics_path=root / "metrics.json",
+        plots_dir=root / "plots",
+        results_dir=root / "results",
     )
     written = json.loads((root / "metrics.json").read_text())
     assert written["image_auroc"] == pytest.approx(results["image_auroc"])
@@ -49,8 +57,10 @@ def test_evaluate_writes_metrics_plots_and_results(trained):
         assert (root / "plots" / name).stat().st_size > 0
     # Chart data for the .dvc/plots templates: DVC wants the same keys in every row of a file.
     negatives = written["fp"] + written["tn"]
-    for name, key, point in (("roc", "roc", {"fpr": written["fp"] / negatives, "tpr": written["recall"]}),
-                              ("pr", "pr", {"recall": written["recall"], "precision": written["precision"]})):
+    for name, key, point in (
+        ("roc", "roc", {"fpr": written["fp"] / negatives, "tpr": written["recall"]}),
+        ("pr", "pr", {"recall": written["recall"], "precision": written["precision"]}),
+    ):
         rows = json.loads((root / "plots" / f"{name}.json").read_text())[key]
         assert len({frozenset(row) for row in rows}) == 1
         marked = [row for row in rows if row["operating_point"]]
@@ -68,7 +78,15 @@ def test_evaluate_writes_metrics_plots_and_results(trained):
     assert len(rows) == len(data.test) + 1
     # MVTec evaluation layout, float32, original image size
     item = data.test_items[-1]
-    tiff = root / "results" / "anomaly_maps" / "washer" / "test" / item.defect_type / f"{item.file.split('/')[-1][:-4]}.tiff"
+    tiff = (
+        root
+        / "results"
+        / "anomaly_maps"
+        / "washer"
+        / "test"
+        / item.defect_type
+        / f"{item.file.split('/')[-1][:-4]}.tiff"
+    )
     amap = tifffile.imread(tiff)
     assert amap.dtype == np.float32 and amap.shape == (item.height, item.width)
 
@@ -77,8 +95,15 @@ def test_evaluate_outputs_are_deterministic(trained, tmp_path):
     root, params, data, model, thresholds = trained
     for name in ("a", "b"):
         evaluate_category(
-            data, root / "raw", model, thresholds, params, category="washer",
-            metrics_path=tmp_path / name / "m.json", plots_dir=tmp_path / name / "plots", results_dir=tmp_path / name / "results",
+            data,
+            root / "raw",
+            model,
+            thresholds,
+            params,
+            category="washer",
+            metrics_path=tmp_path / name / "m.json",
+            plots_dir=tmp_path / name / "plots",
+            results_dir=tmp_path / name / "results",
         )
     for path in sorted((tmp_path / "a").rglob("*")):
         if path.is_file():
@@ -108,7 +133,10 @@ def test_report_compact_table_shows_each_categorys_params(tmp_path):
     params = {cat: key_params(parse_params(raw, cat)) for cat in ("weave", "marble")}
     write_report(["weave", "marble"], tmp_path, tmp_path / "summary.json", tmp_path / "summary.md", params)
     table = (tmp_path / "summary.md").read_text()
-    assert "| category | model | image size | epochs | score map | image score | thresholds | image AUROC | pixel AUROC | AU-PRO | F1 |" in table
+    assert (
+        "| category | model | image size | epochs | score map | image score | thresholds | "
+        "image AUROC | pixel AUROC | AU-PRO | F1 |" in table
+    )
     assert "| weave | discriminative | 128 | 10 | auto | topk_mean | percentile_99 | 1 | n/a | 0.25 | 0.5 |" in table
     assert "| marble | discriminative | 128 | 3 |" in table  # the preset, not the global value
     assert "| mean |  |  |  |  |  |  | 0.75 | n/a | 0.25 | 0.5 |" in table

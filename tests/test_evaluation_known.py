@@ -34,13 +34,18 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_spotter.detectors.anomaly_map import resize_to
 from anomaly_spotter.config import ScoreConfig, parse_params
+from anomaly_spotter.dataset.processed import load_processed, save_npy
+from anomaly_spotter.detectors.anomaly_map import resize_to
 from anomaly_spotter.detectors.base import Detector
 from anomaly_spotter.evaluation.evaluate import evaluate_category
+from anomaly_spotter.evaluation.thresholds import (
+    ThresholdsMismatchError,
+    parse_thresholds,
+    score_record,
+    threshold_report,
+)
 from anomaly_spotter.fileio import write_json
-from anomaly_spotter.dataset.processed import load_processed, save_npy
-from anomaly_spotter.evaluation.thresholds import ThresholdsMismatchError, parse_thresholds, score_record, threshold_report
 from conftest import validation_thresholds
 
 S = 32
@@ -102,10 +107,42 @@ def build_category(root: Path) -> tuple[Path, Path]:
     hole_mask = np.zeros((32, 32), np.uint8)
     hole_mask[4:12, 20:28] = 1
     tests = [  # (file, label, defect type, original image, original mask or None, model image, model mask)
-        ("test/crack/000.png", 1, "crack", half((32, 64), 1) * 255, half((32, 64), 1), half((S, S), 1) * 255, half((S, S), 1)),
-        ("test/crack/001.png", 1, "crack", half((64, 32), 0) * 255, half((64, 32), 0), half((S, S), 0) * 255, half((S, S), 0)),
-        ("test/good/000.png", 0, "good", np.full((40, 24), LEVEL_GOOD), None, np.full((S, S), LEVEL_GOOD), np.zeros((S, S))),
-        ("test/hole/000.png", 1, "hole", np.full((32, 32), LEVEL_HOLE), hole_mask, np.full((S, S), LEVEL_HOLE), hole_mask),
+        (
+            "test/crack/000.png",
+            1,
+            "crack",
+            half((32, 64), 1) * 255,
+            half((32, 64), 1),
+            half((S, S), 1) * 255,
+            half((S, S), 1),
+        ),
+        (
+            "test/crack/001.png",
+            1,
+            "crack",
+            half((64, 32), 0) * 255,
+            half((64, 32), 0),
+            half((S, S), 0) * 255,
+            half((S, S), 0),
+        ),
+        (
+            "test/good/000.png",
+            0,
+            "good",
+            np.full((40, 24), LEVEL_GOOD),
+            None,
+            np.full((S, S), LEVEL_GOOD),
+            np.zeros((S, S)),
+        ),
+        (
+            "test/hole/000.png",
+            1,
+            "hole",
+            np.full((32, 32), LEVEL_HOLE),
+            hole_mask,
+            np.full((S, S), LEVEL_HOLE),
+            hole_mask,
+        ),
     ]
     items = []
     for file, label, defect, image, mask, _, _ in tests:
@@ -116,18 +153,41 @@ def build_category(root: Path) -> tuple[Path, Path]:
             mask_file = f"ground_truth/{defect}/{Path(file).stem}_mask.png"
             (raw / mask_file).parent.mkdir(parents=True, exist_ok=True)
             assert cv2.imwrite(str(raw / mask_file), mask.astype(np.uint8) * 255)
-        items.append({"file": file, "label": label, "defect_type": defect, "mask": mask_file, "height": image.shape[0], "width": image.shape[1]})
+        items.append(
+            {
+                "file": file,
+                "label": label,
+                "defect_type": defect,
+                "mask": mask_file,
+                "height": image.shape[0],
+                "width": image.shape[1],
+            }
+        )
     val = np.stack([grey(np.full((S, S), level)) for level in VAL_LEVELS])
     save_npy(processed / "train.npy", val)  # never read here
     save_npy(processed / "val.npy", val)
     save_npy(processed / "test.npy", np.stack([grey(t[5]) for t in tests]))
     save_npy(processed / "test_masks.npy", np.stack([t[6] for t in tests]).astype(np.uint8))
-    write_json(processed / "index.json", {"image_size": S, "train": ["train/good/a.png", "train/good/b.png"], "val": ["train/good/a.png", "train/good/b.png"], "test": items})
+    write_json(
+        processed / "index.json",
+        {
+            "image_size": S,
+            "train": ["train/good/a.png", "train/good/b.png"],
+            "val": ["train/good/a.png", "train/good/b.png"],
+            "test": items,
+        },
+    )
     return raw, processed
 
 
 def params_for(resolution: str) -> Any:
-    return parse_params({"preprocess": {"image_size": S}, "score": {"image_score": "max", "smoothing_sigma": 0.0}, "evaluate": {"resolution": resolution, "heatmap_examples": 1}})
+    return parse_params(
+        {
+            "preprocess": {"image_size": S},
+            "score": {"image_score": "max", "smoothing_sigma": 0.0},
+            "evaluate": {"resolution": resolution, "heatmap_examples": 1},
+        }
+    )
 
 
 def evaluate(tmp_path: Path, resolution: str) -> dict[str, Any]:
@@ -136,14 +196,25 @@ def evaluate(tmp_path: Path, resolution: str) -> dict[str, Any]:
     model, params = IntensityDetector(S), params_for(resolution)
     thresholds = validation_thresholds(model, data, params)
     return evaluate_category(
-        data, raw, model, thresholds, params, category="known",
-        metrics_path=tmp_path / "metrics.json", plots_dir=tmp_path / "plots", results_dir=tmp_path / "results",
+        data,
+        raw,
+        model,
+        thresholds,
+        params,
+        category="known",
+        metrics_path=tmp_path / "metrics.json",
+        plots_dir=tmp_path / "plots",
+        results_dir=tmp_path / "results",
     )
 
 
 def mann_whitney(positives: dict[float, int], negatives: dict[float, int]) -> float:
     """AUROC from {score: pixel count} of defect and defect-free pixels, ties one half (by hand)."""
-    wins = sum(cp * cn * (1.0 if p > n else 0.5 if p == n else 0.0) for p, cp in positives.items() for n, cn in negatives.items())
+    wins = sum(
+        cp * cn * (1.0 if p > n else 0.5 if p == n else 0.0)
+        for p, cp in positives.items()
+        for n, cn in negatives.items()
+    )
     return wins / (sum(positives.values()) * sum(negatives.values()))
 
 
@@ -176,7 +247,9 @@ def test_known_answer_at_original_resolution_with_non_square_mixed_sizes(tmp_pat
     normal = {0.25: 64, 0.0: 1984, 0.8: 960, 0.2: 960}
     assert results["pixel_auroc"] == pytest.approx(mann_whitney(defect, normal), abs=1e-9)
     # 1 beats all 3968; 0.75 beats 64 + 1984 + 960; 0.2 beats 1984 and ties 960 (one half each).
-    assert results["pixel_auroc"] == pytest.approx((1984 * 3968 + 64 * 3008 + 64 * (1984 + 480)) / (2112 * 3968), abs=1e-9)
+    assert results["pixel_auroc"] == pytest.approx(
+        (1984 * 3968 + 64 * 3008 + 64 * (1984 + 480)) / (2112 * 3968), abs=1e-9
+    )
 
     # AU-PRO up to FPR 0.3, three regions (wide's, tall's, hole's), N = 3968 defect-free pixels:
     #   t = 1    -> FPR 0,              PRO p1 = (992/1024 * 2 + 0) / 3
@@ -213,10 +286,21 @@ def test_evaluate_refuses_thresholds_made_with_other_score_params(tmp_path) -> N
     stale = parse_thresholds(report, "models/known/thresholds.json")
     with pytest.raises(ThresholdsMismatchError) as info:
         evaluate_category(
-            data, raw, model, stale, params, category="known",
-            metrics_path=tmp_path / "metrics.json", plots_dir=tmp_path / "plots", results_dir=tmp_path / "results",
+            data,
+            raw,
+            model,
+            stale,
+            params,
+            category="known",
+            metrics_path=tmp_path / "metrics.json",
+            plots_dir=tmp_path / "plots",
+            results_dir=tmp_path / "results",
         )
     message = str(info.value)
-    assert "models/known/thresholds.json" in message and "image_score is 'topk_mean'" in message and "but 'max' now" in message
+    assert (
+        "models/known/thresholds.json" in message
+        and "image_score is 'topk_mean'" in message
+        and "but 'max' now" in message
+    )
     assert "dvc repro thresholds@known" in message
     assert not (tmp_path / "metrics.json").exists()  # refused before writing anything

@@ -12,14 +12,15 @@ import pytest
 import torch
 import yaml
 
-from anomaly_spotter.deploy import export
 from anomaly_spotter.config import parse_params
-from anomaly_spotter.tensors import to_tensor
-from anomaly_spotter.errors import UserError
-from anomaly_spotter.detectors import load_model
-from anomaly_spotter.scoring import output_maps
+from anomaly_spotter.deploy import export
 from anomaly_spotter.detectors import build_detector as build_model
-from conftest import REPO, TINY_RECONSTRUCTION as TINY_PARAMS, deep_update, make_processed, run
+from anomaly_spotter.detectors import load_model
+from anomaly_spotter.errors import UserError
+from anomaly_spotter.scoring import output_maps
+from anomaly_spotter.tensors import to_tensor
+from conftest import REPO, deep_update, make_processed, run
+from conftest import TINY_RECONSTRUCTION as TINY_PARAMS
 from test_predict import save_model
 
 PARAMS = parse_params(TINY_PARAMS)
@@ -60,7 +61,11 @@ def test_onnxruntime_matches_pytorch(model, batch):
 
 @pytest.mark.parametrize(
     "changes",
-    [{"map": "l2", "image_score": "max"}, {"map": "combined", "smoothing_sigma": 0.0}, {"map": "ssim", "topk_percent": 10.0}],
+    [
+        {"map": "l2", "image_score": "max"},
+        {"map": "combined", "smoothing_sigma": 0.0},
+        {"map": "ssim", "topk_percent": 10.0},
+    ],
 )
 def test_every_map_kind_and_reduction_exports(model, changes):
     config = dataclasses.replace(SCORE, batch_size=3, **changes)
@@ -73,7 +78,10 @@ def test_every_map_kind_and_reduction_exports(model, changes):
 
 def test_discriminative_model_exports_its_head_map():
     """model.kind discriminative: the graph's map is the segmentation head's, within the same limit."""
-    raw = deep_update(TINY_PARAMS, {"model": {"kind": "discriminative", "head_channels": 4, "head_depth": 2}, "anomalies": {"probability": 0.5}})
+    raw = deep_update(
+        TINY_PARAMS,
+        {"model": {"kind": "discriminative", "head_channels": 4, "head_depth": 2}, "anomalies": {"probability": 0.5}},
+    )
     params = parse_params(raw)
     torch.manual_seed(0)
     model = build_model(params).eval()
@@ -91,7 +99,12 @@ def test_export_is_deterministic(model, model_file):
     first = export.onnx_bytes(model, SCORE)
     assert export.onnx_bytes(load_model(model_file)[0], SCORE) == first  # a fresh load, same bytes
     summary = export.graph_summary(first)
-    assert summary == {"opset": 17, "inputs": ["image"], "outputs": ["reconstruction", "anomaly_map", "score"], "dynamic_batch": True}
+    assert summary == {
+        "opset": 17,
+        "inputs": ["image"],
+        "outputs": ["reconstruction", "anomaly_map", "score"],
+        "dynamic_batch": True,
+    }
 
 
 def test_export_stage_writes_model_and_metrics(tmp_path, model_file):
@@ -104,8 +117,22 @@ def test_export_stage_writes_model_and_metrics(tmp_path, model_file):
     for name in ("a", "b"):
         out, metrics_path = tmp_path / name / "model.onnx", tmp_path / name / "weave_export.json"
         result = run(
-            [sys.executable, "stages/export.py", "--category", "weave", "--params", str(params_file), "--model", str(model_file),
-             "--data", str(data), "--out", str(out), "--metrics", str(metrics_path)],
+            [
+                sys.executable,
+                "stages/export.py",
+                "--category",
+                "weave",
+                "--params",
+                str(params_file),
+                "--model",
+                str(model_file),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--metrics",
+                str(metrics_path),
+            ],
             cwd=REPO,
         )
         assert "opset 17" in result.stdout
@@ -127,7 +154,13 @@ def test_mismatch_stops_the_export_and_writes_nothing(tmp_path, model_file, monk
     monkeypatch.setattr(export, "onnx_bytes", lambda model, config: real_onnx_bytes(load_model(other)[0], config))
     data = make_processed(tmp_path, TINY_PARAMS)
     out, metrics_path = tmp_path / "out" / "model.onnx", tmp_path / "out" / "weave_export.json"
-    with pytest.raises(UserError, match=r"ONNX export of .*model\.pt does not match PyTorch, so nothing was written: anomaly maps from the ONNX reconstructions differ by up to"):
+    with pytest.raises(
+        UserError,
+        match=(
+            r"ONNX export of .*model\.pt does not match PyTorch, so nothing was written: "
+            r"anomaly maps from the ONNX reconstructions differ by up to"
+        ),
+    ):
         export.export_category(model_file, data, out, metrics_path, SCORE)
     assert not out.exists() and not metrics_path.exists()
 
@@ -141,9 +174,19 @@ def test_dvc_yaml_declares_the_export_stage():
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["export"]
     assert stage["foreach"] == "${data.categories}"
     do = stage["do"]
-    assert {"stages/export.py", "src/anomaly_spotter/deploy/export.py", "src/anomaly_spotter/detectors/anomaly_map.py", "models/${item}/model.pt", "data/processed/${item}"} <= set(do["deps"])
+    assert {
+        "stages/export.py",
+        "src/anomaly_spotter/deploy/export.py",
+        "src/anomaly_spotter/detectors/anomaly_map.py",
+        "models/${item}/model.pt",
+        "data/processed/${item}",
+    } <= set(do["deps"])
     assert set(do["params"]) == {"score", "presets"}
     assert do["outs"] == ["models/${item}/model.onnx"]
     assert do["metrics"] == [{"metrics/${item}_export.json": {"cache": False}}]
-    for flag, path in (("--model", "models/${item}/model.pt"), ("--out", "models/${item}/model.onnx"), ("--metrics", "metrics/${item}_export.json")):
+    for flag, path in (
+        ("--model", "models/${item}/model.pt"),
+        ("--out", "models/${item}/model.onnx"),
+        ("--metrics", "metrics/${item}_export.json"),
+    ):
         assert f"{flag} {path}" in do["cmd"]

@@ -16,7 +16,8 @@ import yaml
 
 from anomaly_spotter.training.checkpoint import CHECKPOINT_NAME
 from anomaly_spotter.training.loop import PAUSE_AFTER_CHECKPOINT_ENV
-from conftest import REPO, TINY_RECONSTRUCTION as TINY_PARAMS, deep_update, make_processed, tool_env
+from conftest import REPO, deep_update, make_processed, tool_env
+from conftest import TINY_RECONSTRUCTION as TINY_PARAMS
 
 PARAMS = deep_update(TINY_PARAMS, {"train": {"epochs": 6}, "data": {"synthetic": {"train_good": 24}}})
 
@@ -31,8 +32,18 @@ def workdir(tmp_path_factory):
 
 def train_cmd(root, name):
     return [
-        sys.executable, str(REPO / "stages" / "train.py"), "--category", "weave", "--data", str(root / "processed"),
-        "--model", str(root / name / "model.pt"), "--checkpoints", str(root / name / "ck"), "--logs", str(root / name / "logs"),
+        sys.executable,
+        str(REPO / "stages" / "train.py"),
+        "--category",
+        "weave",
+        "--data",
+        str(root / "processed"),
+        "--model",
+        str(root / name / "model.pt"),
+        "--checkpoints",
+        str(root / name / "ck"),
+        "--logs",
+        str(root / name / "logs"),
     ]
 
 
@@ -41,7 +52,9 @@ def paused_after_first_checkpoint(root, name, timeout=120):
     """A training run parked right after writing its first checkpoint; killed on the way out."""
     marker = root / f"{name}.paused"
     env = {**tool_env(), PAUSE_AFTER_CHECKPOINT_ENV: str(marker)}
-    process = subprocess.Popen(train_cmd(root, name), cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        train_cmd(root, name), cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + timeout
         while not marker.exists():
@@ -81,5 +94,3 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_checkpoint(workdir):
     assert not (workdir / "interrupted" / "model.pt").exists()
     leftovers = [p for p in (workdir / "interrupted").rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers
-
-

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_data import SIZE, make_category, square_mask, texture, tree_bytes, write_image
 
-from anomaly_spotter.errors import DataError
 from anomaly_spotter.dataset.images import read_image
 from anomaly_spotter.dataset.layout import find_problems, list_category, validate_category
+from anomaly_spotter.errors import DataError
 from anomaly_spotter.sources.local_folder import import_folder_category
+from conftest_data import SIZE, make_category, square_mask, texture, tree_bytes, write_image
 
 
 @pytest.fixture
@@ -72,7 +72,11 @@ def _write(path: Path, data: bytes) -> None:
 BREAKAGES: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
     ("missing train/good", lambda c: shutil.rmtree(c / "train"), ("train/good/", "missing")),
     ("missing test", lambda c: (shutil.rmtree(c / "test"), shutil.rmtree(c / "ground_truth")), ("test/", "missing")),
-    ("truncated image", lambda c: _truncate(c / "train" / "good" / "001.png"), ("train/good/001.png", "not a decodable image")),
+    (
+        "truncated image",
+        lambda c: _truncate(c / "train" / "good" / "001.png"),
+        ("train/good/001.png", "not a decodable image"),
+    ),
     ("zero-byte image", lambda c: _write(c / "test" / "good" / "001.png", b""), ("test/good/001.png", "empty")),
     (
         "not an image",
@@ -89,7 +93,11 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
         lambda c: (c / "ground_truth" / "scratch" / "001_mask.png").unlink(),
         ("test/scratch/001.png", "no mask", "ground_truth/scratch/001_mask.png"),
     ),
-    ("no ground_truth at all", lambda c: shutil.rmtree(c / "ground_truth"), ("ground_truth/", "4 defective test image(s)")),
+    (
+        "no ground_truth at all",
+        lambda c: shutil.rmtree(c / "ground_truth"),
+        ("ground_truth/", "4 defective test image(s)"),
+    ),
     (
         "mask of another size",
         lambda c: write_image(c / "ground_truth" / "crack" / "001_mask.png", square_mask(1, size=(16, SIZE))),
@@ -98,7 +106,8 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
     (
         "mask not binary",
         lambda c: write_image(
-            c / "ground_truth" / "crack" / "000_mask.png", np.tile(np.array([0, 128, 255], np.uint8), (SIZE, 11))[:, :SIZE]
+            c / "ground_truth" / "crack" / "000_mask.png",
+            np.tile(np.array([0, 128, 255], np.uint8), (SIZE, 11))[:, :SIZE],
         ),
         ("ground_truth/crack/000_mask.png", "not binary", "0, 128, 255"),
     ),
@@ -117,11 +126,23 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
         lambda c: _write(c / "train" / "good" / "notes.txt", b"x"),
         ("train/good/notes.txt", "unknown file type", ".png"),
     ),
-    ("file without suffix", lambda c: _write(c / "test" / "crack" / "README", b"x"), ("test/crack/README", "unknown file type")),
+    (
+        "file without suffix",
+        lambda c: _write(c / "test" / "crack" / "README", b"x"),
+        ("test/crack/README", "unknown file type"),
+    ),
     ("unexpected top-level folder", lambda c: (c / "extras").mkdir(), ("extras/", "unexpected folder")),
-    ("defect folder in train", lambda c: write_image(c / "train" / "bad" / "000.png", texture(1)), ("train/bad/", "test/bad/")),
+    (
+        "defect folder in train",
+        lambda c: write_image(c / "train" / "bad" / "000.png", texture(1)),
+        ("train/bad/", "test/bad/"),
+    ),
     ("image loose in test/", lambda c: write_image(c / "test" / "000.png", texture(1)), ("test/000.png", "sub-folder")),
-    ("nested folder", lambda c: write_image(c / "test" / "crack" / "deeper" / "000.png", texture(1)), ("test/crack/deeper/", "sub-folder")),
+    (
+        "nested folder",
+        lambda c: write_image(c / "test" / "crack" / "deeper" / "000.png", texture(1)),
+        ("test/crack/deeper/", "sub-folder"),
+    ),
     (
         "mask named without _mask",
         lambda c: write_image(c / "ground_truth" / "crack" / "x.png", square_mask(0)),
@@ -140,7 +161,9 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
 ]
 
 
-@pytest.mark.parametrize("breakage, expected", [(b, e) for _, b, e in BREAKAGES], ids=[name for name, _, _ in BREAKAGES])
+@pytest.mark.parametrize(
+    "breakage, expected", [(b, e) for _, b, e in BREAKAGES], ids=[name for name, _, _ in BREAKAGES]
+)
 def test_each_problem_is_reported_naming_the_file(category, breakage, expected):
     breakage(category)
     problems = find_problems(category)
@@ -154,12 +177,16 @@ def test_each_problem_is_reported_naming_the_file(category, breakage, expected):
 
 def test_missing_category_folder(tmp_path):
     problems = find_problems(tmp_path / "bottel")
-    assert problems == [f"{tmp_path / 'bottel'}: the category folder does not exist; check the path and the category name"]
+    assert problems == [
+        f"{tmp_path / 'bottel'}: the category folder does not exist; check the path and the category name"
+    ]
 
 
 def test_too_few_training_images(category):
     problems = find_problems(category, min_train_images=5)
-    assert problems == ["train/good/: holds 3 image(s) but at least 5 are needed (min_train_images); add defect-free training images"]
+    assert problems == [
+        "train/good/: holds 3 image(s) but at least 5 are needed (min_train_images); add defect-free training images"
+    ]
 
 
 def test_empty_test_folder(category):
@@ -258,7 +285,10 @@ def test_official_validation_split_is_listed_checked_and_imported(tmp_path, cate
     assert any(p.startswith("validation/crack/: only validation/good/ is used") for p in problems)
     assert any(p.startswith("validation/good/001.png") for p in problems)
     shutil.rmtree(category / "validation" / "good")
-    assert "validation/good/: folder is missing; put the defect-free validation images there or delete validation/" in find_problems(category)
+    assert (
+        "validation/good/: folder is missing; put the defect-free validation images there or delete validation/"
+        in find_problems(category)
+    )
 
 
 def test_regions_folder_is_not_a_layout_problem(category):

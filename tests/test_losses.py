@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from anomaly_spotter.config import LossConfig
-from anomaly_spotter.errors import UserError
 from anomaly_spotter.detectors.losses import CombinedLoss, sobel_magnitude
+from anomaly_spotter.errors import UserError
 
 
 def images(seed=0, shape=(2, 3, 32, 32)):

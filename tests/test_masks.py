@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_data import SIZE, make_category, square_mask, texture, write_image
 
 from anomaly_spotter.config import PreprocessConfig
-from anomaly_spotter.errors import DataError
 from anomaly_spotter.dataset.images import read_mask, read_mask_values, resize_mask
 from anomaly_spotter.dataset.layout import find_problems, validate_category
 from anomaly_spotter.dataset.preprocessing import preprocess_category
 from anomaly_spotter.dataset.processed import load_processed
+from anomaly_spotter.errors import DataError
+from conftest_data import SIZE, make_category, square_mask, texture, write_image
 
 MASK = "ground_truth/crack/000_mask.png"
 
@@ -98,7 +98,10 @@ def test_palette_masks_are_judged_by_colour_not_index(tmp_path):
     indices = _shape().astype(np.uint8)
     assert not read_mask(write_palette_png(tmp_path / "black_mask.png", indices, [(0, 0, 0), (0, 0, 0)])).any()
     # ... and an index 0 with a colour is a defect wherever it is drawn.
-    assert read_mask(write_palette_png(tmp_path / "white_mask.png", indices, [(255, 255, 255), (0, 0, 0)])).sum() == (~_shape()).sum()
+    assert (
+        read_mask(write_palette_png(tmp_path / "white_mask.png", indices, [(255, 255, 255), (0, 0, 0)])).sum()
+        == (~_shape()).sum()
+    )
 
 
 def test_colour_values_stay_distinct_for_the_binary_check(tmp_path):
@@ -132,7 +135,9 @@ def test_all_zero_mask_on_a_defect_image_is_rejected_naming_the_file(tmp_path, w
     write(category / MASK)
     problems = find_problems(category)
     assert len(problems) == 1, problems
-    assert problems[0].startswith(f"{MASK}: mask is all zero, so the defective image test/crack/000.png has no defect pixels;")
+    assert problems[0].startswith(
+        f"{MASK}: mask is all zero, so the defective image test/crack/000.png has no defect pixels;"
+    )
     assert "non-zero value" in problems[0] and "move it to test/good/" in problems[0]
     with pytest.raises(DataError) as info:
         validate_category(category)
@@ -142,8 +147,12 @@ def test_all_zero_mask_on_a_defect_image_is_rejected_naming_the_file(tmp_path, w
 def test_empty_masks_are_listed_with_the_other_problems(tmp_path):
     category = make_category(tmp_path)
     write_image(category / MASK, np.zeros((SIZE, SIZE), np.uint16))
-    write_image(category / "ground_truth" / "scratch" / "001_mask.png", np.zeros((16, SIZE), np.uint8))  # wrong size and empty
-    write_image(category / "ground_truth" / "good" / "000_mask.png", square_mask(0))  # a mask on a good image: still rejected
+    write_image(
+        category / "ground_truth" / "scratch" / "001_mask.png", np.zeros((16, SIZE), np.uint8)
+    )  # wrong size and empty
+    write_image(
+        category / "ground_truth" / "good" / "000_mask.png", square_mask(0)
+    )  # a mask on a good image: still rejected
     with pytest.raises(DataError) as info:
         validate_category(category)
     problems = info.value.problems

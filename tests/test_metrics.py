@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from anomaly_spotter.evaluation import metrics as m
 from anomaly_spotter.errors import UserError
+from anomaly_spotter.evaluation import metrics as m
 
 # --------------------------------------------------------------------------- references
 
@@ -16,7 +16,7 @@ from anomaly_spotter.errors import UserError
 def reference_pro_curve(masks, maps):
     """MVTec's PRO curve, one threshold at a time (slow, tiny inputs only)."""
     regions, normal = [], []
-    for mask, amap in zip(masks, maps):
+    for mask, amap in zip(masks, maps, strict=False):
         labelled, n = ndimage.label(mask, structure=np.ones((3, 3)))
         regions += [amap[labelled == k] for k in range(1, n + 1)]
         normal.append(amap[~mask])
@@ -306,7 +306,9 @@ def test_float64_maps_below_float32_resolution_match_float64_references(seed: in
     for fpr_limit in (0.3, 1.0):
         expected = reference_au_pro(masks, squeezed, fpr_limit)
         assert m.au_pro(masks, squeezed, fpr_limit=fpr_limit) == pytest.approx(expected, abs=1e-12)
-        assert m.au_pro(masks, squeezed, fpr_limit=fpr_limit) == pytest.approx(m.au_pro(masks, maps, fpr_limit=fpr_limit), abs=1e-9)
+        assert m.au_pro(masks, squeezed, fpr_limit=fpr_limit) == pytest.approx(
+            m.au_pro(masks, maps, fpr_limit=fpr_limit), abs=1e-9
+        )
 
 
 def test_float32_maps_get_no_float64_copy(monkeypatch) -> None:

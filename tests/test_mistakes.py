@@ -32,16 +32,16 @@ import cv2
 import numpy as np
 import pytest
 
-from anomaly_spotter.evaluation import gallery
 from anomaly_spotter.config import parse_params
-from anomaly_spotter.errors import ConfigError
-from anomaly_spotter.evaluation.evaluate import evaluate_category
-from anomaly_spotter.fileio import write_json
 from anomaly_spotter.dataset.layout import find_problems
-from anomaly_spotter.evaluation.mistakes import comparison_selection, mistakes, per_defect_results
 from anomaly_spotter.dataset.preprocessing import preprocess_category
 from anomaly_spotter.dataset.processed import load_processed, save_npy
+from anomaly_spotter.errors import ConfigError
+from anomaly_spotter.evaluation import gallery
+from anomaly_spotter.evaluation.evaluate import evaluate_category
+from anomaly_spotter.evaluation.mistakes import comparison_selection, mistakes, per_defect_results
 from anomaly_spotter.evaluation.report import write_report
+from anomaly_spotter.fileio import write_json
 from conftest import validation_thresholds
 from test_evaluation_known import IntensityDetector, grey, half
 
@@ -81,15 +81,25 @@ def build(root: Path, masks: str = "pixel") -> Path:
 
 def evaluate(tmp_path: Path, masks: str = "pixel", **evaluate_params: Any) -> dict[str, Any]:
     data = load_processed(build(tmp_path / "processed", masks))
-    params = parse_params({
-        "preprocess": {"image_size": S}, "score": {"image_score": "max", "smoothing_sigma": 0.0},
-        "thresholds": {"strategy": evaluate_params.pop("strategy", "percentile_99")},
-        "evaluate": {"resolution": "model", "heatmap_examples": 1, **evaluate_params},
-    })
+    params = parse_params(
+        {
+            "preprocess": {"image_size": S},
+            "score": {"image_score": "max", "smoothing_sigma": 0.0},
+            "thresholds": {"strategy": evaluate_params.pop("strategy", "percentile_99")},
+            "evaluate": {"resolution": "model", "heatmap_examples": 1, **evaluate_params},
+        }
+    )
     model = IntensityDetector(S)
     return evaluate_category(
-        data, tmp_path / "raw", model, validation_thresholds(model, data, params), params, category="known",
-        metrics_path=tmp_path / "known.json", plots_dir=tmp_path / "plots", results_dir=tmp_path / "results",
+        data,
+        tmp_path / "raw",
+        model,
+        validation_thresholds(model, data, params),
+        params,
+        category="known",
+        metrics_path=tmp_path / "known.json",
+        plots_dir=tmp_path / "plots",
+        results_dir=tmp_path / "results",
     )
 
 
@@ -99,8 +109,10 @@ def test_known_mistakes_in_the_gallery_worst_first(tmp_path: Path) -> None:
     with open(tmp_path / "results" / "mistakes.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["kind"], r["rank"], r["file"]) for r in rows] == [
-        ("fn", "1", "test/hole/000.png"), ("fn", "2", "test/crack/001.png"),
-        ("fp", "1", "test/good/002.png"), ("fp", "2", "test/good/001.png"),
+        ("fn", "1", "test/hole/000.png"),
+        ("fn", "2", "test/crack/001.png"),
+        ("fp", "1", "test/good/002.png"),
+        ("fp", "2", "test/good/001.png"),
     ]
     for row in rows:  # one drawn PNG per mistake, captioned by file and score
         image = cv2.imread(str(tmp_path / "results" / row["image"]))
@@ -132,10 +144,15 @@ def test_per_type_recall_and_pro_against_the_hand_count(tmp_path: Path) -> None:
         of_type = [r for r in table if r["defect_type"] == name]
         assert results["per_defect_recall"][name] == sum(int(r["predicted_anomalous"]) for r in of_type) / len(of_type)
     bars = json.loads((tmp_path / "plots" / "defect_types.json").read_text())["defect_types"]
-    assert {(b["defect_type"], b["measure"]): b["value"] for b in bars} == pytest.approx({
-        ("crack", "recall"): 0.5, ("crack", "region PRO"): 0.5, ("hole", "recall"): 0.5, ("hole", "region PRO"): 0.5,
-        ("good", "false-alarm rate"): 2 / 3,
-    })
+    assert {(b["defect_type"], b["measure"]): b["value"] for b in bars} == pytest.approx(
+        {
+            ("crack", "recall"): 0.5,
+            ("crack", "region PRO"): 0.5,
+            ("hole", "recall"): 0.5,
+            ("hole", "region PRO"): 0.5,
+            ("good", "false-alarm rate"): 2 / 3,
+        }
+    )
     # summary.md names the weakest type.
     write_report(["known"], tmp_path, tmp_path / "summary.json", tmp_path / "summary.md")
     assert "| known | crack | 50.0% | crack 50.0%, hole 50.0% | 66.7% |" in (tmp_path / "summary.md").read_text()
@@ -190,8 +207,14 @@ def test_image_labels_only_skip_pixel_metrics_and_keep_the_image_auroc(tmp_path:
 
 def _raw_category(root: Path) -> Path:
     """A tiny raw category in MVTec layout with masks for both defect images."""
-    levels = {"train/good/000.png": 90, "train/good/001.png": 95, "train/good/002.png": 100, "test/good/000.png": 90,
-              "test/crack/000.png": 200, "test/crack/001.png": 210}
+    levels = {
+        "train/good/000.png": 90,
+        "train/good/001.png": 95,
+        "train/good/002.png": 100,
+        "test/good/000.png": 90,
+        "test/crack/000.png": 200,
+        "test/crack/001.png": 210,
+    }
     for name, level in levels.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(root / name), np.full((16, 16), level, np.uint8))
@@ -208,8 +231,9 @@ def test_layout_accepts_no_ground_truth_only_when_told(tmp_path: Path) -> None:
     (root / "ground_truth/crack/001_mask.png").unlink()
     assert any("test/crack/001.png: defective test image has no mask" in p for p in find_problems(root))
     problems = find_problems(root, masks="none")
-    assert any(p.startswith("ground_truth/: data.masks is 'none'") and "delete or move ground_truth/" in p
-               for p in problems)
+    assert any(
+        p.startswith("ground_truth/: data.masks is 'none'") and "delete or move ground_truth/" in p for p in problems
+    )
     # No ground_truth/ at all: refused by default with the way out, accepted with data.masks: none.
     (root / "ground_truth/crack/000_mask.png").unlink()
     (root / "ground_truth/crack").rmdir()

@@ -50,8 +50,14 @@ def test_input_validation(shape, dtype, message):
 
 
 def test_a_side_the_autoencoder_cannot_halve_three_times_is_refused_before_any_work():
-    with pytest.raises(ConfigError, match=r"preprocess.image_size: 100 must be divisible by 8 for model.kind reconstruction"):
+    with pytest.raises(
+        ConfigError, match=r"preprocess.image_size: 100 must be divisible by 8 for model.kind reconstruction"
+    ):
         check_params(parse_params({"preprocess": {"image_size": 100}, "model": {"kind": "reconstruction"}}))
-    with pytest.raises(ConfigError, match=r"preprocess.image_size: 100 must be divisible by 8 for model.kind discriminative"):
+    with pytest.raises(
+        ConfigError, match=r"preprocess.image_size: 100 must be divisible by 8 for model.kind discriminative"
+    ):
         check_params(parse_params({"preprocess": {"image_size": 100}, "model": {"kind": "discriminative"}}))
-    check_params(parse_params({"preprocess": {"image_size": 100}, "model": {"kind": "patchcore"}}))  # patchcore takes any side
+    check_params(
+        parse_params({"preprocess": {"image_size": 100}, "model": {"kind": "patchcore"}})
+    )  # patchcore takes any side

@@ -9,20 +9,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest_data import make_category, make_tar, running_server, tree_bytes
 
-from anomaly_spotter.sources import archives, mvtec
 from anomaly_spotter.errors import DataError, FetchError, UserError
+from anomaly_spotter.sources import archives, mvtec
 from anomaly_spotter.sources.mvtec import (
     BASE_URL,
     CATEGORY_PATHS,
-    CATEGORIES as MVTEC_CATEGORIES,
     PILL_BASE_URL,
     WHOLE_ARCHIVE_NAME,
     category_url,
     check_category_names,
     fetch_mvtec_category,
 )
+from anomaly_spotter.sources.mvtec import (
+    CATEGORIES as MVTEC_CATEGORIES,
+)
+from conftest_data import make_category, make_tar, running_server, tree_bytes
 
 
 @pytest.fixture
@@ -42,7 +44,9 @@ def bottle(tmp_path: Path) -> Path:
 def bottle_archive(tmp_path: Path, bottle: Path) -> Path:
     """``bottle.tar.xz`` laid out like MVTec's (a ``bottle/`` folder plus a licence file at the root)."""
     (tmp_path / "license.txt").write_text("CC BY-NC-SA 4.0\n")
-    return make_tar(tmp_path / "archives" / "bottle.tar.xz", {"license.txt": tmp_path / "license.txt", "bottle": bottle})
+    return make_tar(
+        tmp_path / "archives" / "bottle.tar.xz", {"license.txt": tmp_path / "license.txt", "bottle": bottle}
+    )
 
 
 @pytest.fixture
@@ -68,7 +72,10 @@ def test_catalogue_matches_the_reference():
     assert category_url("pill") == PILL_BASE_URL + "420938129-1629953099/pill.tar.xz"
     assert PILL_BASE_URL != BASE_URL
     # A mirror replaces the base of both shares.
-    assert category_url("pill", mirror="http://m.example/mvtec/") == "http://m.example/mvtec/420938129-1629953099/pill.tar.xz"
+    assert (
+        category_url("pill", mirror="http://m.example/mvtec/")
+        == "http://m.example/mvtec/420938129-1629953099/pill.tar.xz"
+    )
     assert category_url("zipper", mirror="http://m.example") == "http://m.example/420938385-1629953449/zipper.tar.xz"
 
 
@@ -88,21 +95,27 @@ def test_category_typo_lists_valid_names():
 def test_download_through_a_mirror_and_reuse_the_cache(http_server, tmp_path, bottle, bottle_archive):
     http_server.add("/mvtec/" + CATEGORY_PATHS["bottle"], bottle_archive.read_bytes(), "drop:3000")
     dest, cache = tmp_path / "data" / "raw" / "bottle", tmp_path / "cache"
-    fetch_mvtec_category("bottle", dest, mirror=http_server.url("/mvtec/"), cache_dir=cache, min_train_images=3, progress=False)
+    fetch_mvtec_category(
+        "bottle", dest, mirror=http_server.url("/mvtec/"), cache_dir=cache, min_train_images=3, progress=False
+    )
     assert tree_bytes(dest) == tree_bytes(bottle)  # license.txt outside bottle/ is not taken
     assert_clean(dest.parent, "bottle")
     assert_clean(cache, "bottle.tar.xz")
     assert [r.headers.get("Range") for r in http_server.requests] == [None, "bytes=3000-"]
     # A second fetch (e.g. after `dvc repro -f`) reuses the complete download.
     shutil.rmtree(dest)
-    fetch_mvtec_category("bottle", dest, mirror=http_server.url("/mvtec/"), cache_dir=cache, min_train_images=3, progress=False)
+    fetch_mvtec_category(
+        "bottle", dest, mirror=http_server.url("/mvtec/"), cache_dir=cache, min_train_images=3, progress=False
+    )
     assert tree_bytes(dest) == tree_bytes(bottle)
     assert len(http_server.requests) == 2
 
 
 def test_download_failure_says_how_to_work_offline(http_server, tmp_path):
     with pytest.raises(FetchError, match="HTTP 404") as info:
-        fetch_mvtec_category("bottle", tmp_path / "bottle", mirror=http_server.url(), cache_dir=tmp_path / "cache", progress=False)
+        fetch_mvtec_category(
+            "bottle", tmp_path / "bottle", mirror=http_server.url(), cache_dir=tmp_path / "cache", progress=False
+        )
     assert "data.archive" in str(info.value) and "data.mirror" in str(info.value)
     assert not (tmp_path / "bottle").exists()
 
@@ -140,7 +153,9 @@ def test_invalid_category_in_archive_leaves_previous_data(tmp_path, bottle, no_n
 
 
 def test_unsafe_archive_is_refused(tmp_path, bottle, no_network):
-    archive = make_tar(tmp_path / "bottle.tar.xz", {"bottle": bottle, "bottle/../../evil.png": bottle / "train" / "good" / "000.png"})
+    archive = make_tar(
+        tmp_path / "bottle.tar.xz", {"bottle": bottle, "bottle/../../evil.png": bottle / "train" / "good" / "000.png"}
+    )
     with pytest.raises(FetchError, match=re.escape("refusing to extract member 'bottle/../../evil.png'")):
         fetch_mvtec_category("bottle", tmp_path / "raw" / "bottle", archive=archive, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
@@ -154,9 +169,15 @@ def whole_archive(tmp_path: Path, bottle: Path, monkeypatch) -> Path:
     carpet = make_category(tmp_path / "src", "carpet", train=2)
     path = make_tar(
         tmp_path / "downloads" / WHOLE_ARCHIVE_NAME,
-        {"mvtec_anomaly_detection/cable": cable, "mvtec_anomaly_detection/bottle": bottle, "mvtec_anomaly_detection/carpet": carpet},
+        {
+            "mvtec_anomaly_detection/cable": cable,
+            "mvtec_anomaly_detection/bottle": bottle,
+            "mvtec_anomaly_detection/carpet": carpet,
+        },
     )
-    monkeypatch.setattr(mvtec, "WHOLE_ARCHIVE", replace(mvtec.WHOLE_ARCHIVE, checksum=hashlib.sha256(path.read_bytes()).hexdigest()))
+    monkeypatch.setattr(
+        mvtec, "WHOLE_ARCHIVE", replace(mvtec.WHOLE_ARCHIVE, checksum=hashlib.sha256(path.read_bytes()).hexdigest())
+    )
     return path
 
 
@@ -174,9 +195,15 @@ def test_whole_archive_extracts_only_the_category(tmp_path, bottle, whole_archiv
 def test_whole_archive_with_wrong_checksum_is_refused(tmp_path, whole_archive, no_network, monkeypatch):
     monkeypatch.setattr(mvtec, "WHOLE_ARCHIVE", replace(mvtec.WHOLE_ARCHIVE, checksum="f" * 64))
     with pytest.raises(FetchError) as info:
-        fetch_mvtec_category("bottle", tmp_path / "raw" / "bottle", archive=whole_archive, cache_dir=tmp_path / "cache", progress=False)
+        fetch_mvtec_category(
+            "bottle", tmp_path / "raw" / "bottle", archive=whole_archive, cache_dir=tmp_path / "cache", progress=False
+        )
     message = str(info.value)
-    assert str(whole_archive) in message and "f" * 64 in message and hashlib.sha256(whole_archive.read_bytes()).hexdigest() in message
+    assert (
+        str(whole_archive) in message
+        and "f" * 64 in message
+        and hashlib.sha256(whole_archive.read_bytes()).hexdigest() in message
+    )
     assert not (tmp_path / "raw").exists()
     assert whole_archive.exists()  # the user's own file is never deleted
 
@@ -184,14 +211,21 @@ def test_whole_archive_with_wrong_checksum_is_refused(tmp_path, whole_archive, n
 def test_whole_archive_download_is_checked(http_server, tmp_path, bottle, whole_archive):
     http_server.add("/m/" + mvtec.WHOLE_ARCHIVE_PATH, whole_archive.read_bytes())
     dest, cache = tmp_path / "raw" / "bottle", tmp_path / "cache"
-    fetch_mvtec_category("bottle", dest, mirror=http_server.url("/m"), cache_dir=cache, whole_archive=True, progress=False)
+    fetch_mvtec_category(
+        "bottle", dest, mirror=http_server.url("/m"), cache_dir=cache, whole_archive=True, progress=False
+    )
     assert tree_bytes(dest) == tree_bytes(bottle)
     # A corrupted copy on the server is refused and nothing is kept.
     shutil.rmtree(cache)
     http_server.add("/m/" + mvtec.WHOLE_ARCHIVE_PATH, whole_archive.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(FetchError, match="SHA-256"):
         fetch_mvtec_category(
-            "carpet", tmp_path / "raw" / "carpet", mirror=http_server.url("/m"), cache_dir=cache, whole_archive=True, progress=False
+            "carpet",
+            tmp_path / "raw" / "carpet",
+            mirror=http_server.url("/m"),
+            cache_dir=cache,
+            whole_archive=True,
+            progress=False,
         )
     assert_clean(cache)
     assert_clean(tmp_path / "raw", "bottle")

@@ -12,20 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_spotter.detectors import anomaly_map
 from anomaly_spotter.config import ScoreConfig, parse_params
-from anomaly_spotter.detectors import check_params
-from anomaly_spotter.detectors import backbones
+from anomaly_spotter.dataset.processed import load_processed, save_npy
+from anomaly_spotter.detectors import anomaly_map, backbones, check_params
 from anomaly_spotter.detectors import patchcore as patchcore_module
 from anomaly_spotter.detectors.backbones import FeatureExtractor, build_feature_extractor, weight_file, weights_path
 from anomaly_spotter.detectors.base import save_model_file
-from anomaly_spotter.training.memory_bank import fit_memory_bank
-from anomaly_spotter.training.run import FitRun
-from anomaly_spotter.scoring import score_images
 from anomaly_spotter.detectors.coreset import _greedy_indices, coreset_size, coverage_radius, greedy_coreset
 from anomaly_spotter.detectors.patchcore import PatchCore
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.dataset.processed import load_processed, save_npy
+from anomaly_spotter.scoring import score_images
+from anomaly_spotter.training.memory_bank import fit_memory_bank
+from anomaly_spotter.training.run import FitRun
 
 SIZE = 64  # px: an 8x8 patch grid, enough for every code path and fast on 2 cores
 
@@ -80,7 +78,9 @@ def test_lite_weight_file_matches_every_key_and_levels_are_as_documented(name):
     assert len(extractor.net._blocks) == ends[-1] + 1  # cut after the deepest level: nothing unused kept
     with torch.no_grad():
         features = extractor(torch.zeros(1, 3, SIZE, SIZE))
-    assert [tuple(f.shape) for f in features] == [(1, c, SIZE // s, SIZE // s) for c, s in zip(channels, (4, 8, 16, 32))]
+    assert [tuple(f.shape) for f in features] == [
+        (1, c, SIZE // s, SIZE // s) for c, s in zip(channels, (4, 8, 16, 32), strict=False)
+    ]
 
 
 def test_extractor_is_cut_after_the_deepest_requested_level():
@@ -118,7 +118,7 @@ def test_folded_extractor_matches_the_original_network(size):
             if index in (4, 10):
                 expected.append(y)
         got = build_feature_extractor("efficientnet_lite0", (2, 3), image_size=size)(x)
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=False):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-4)  # BatchNorm folding: ~6e-5 on values up to ~35
 
@@ -150,7 +150,9 @@ def test_torchvision_architectures(name, channels):
     assert extractor.channels == channels
     with torch.no_grad():
         features = extractor(torch.zeros(1, 3, 64, 64))
-    assert [tuple(f.shape) for f in features] == [(1, c, 64 // s, 64 // s) for c, s in zip(channels, (4, 8, 16, 32))]
+    assert [tuple(f.shape) for f in features] == [
+        (1, c, 64 // s, 64 // s) for c, s in zip(channels, (4, 8, 16, 32), strict=False)
+    ]
 
 
 def test_missing_torchvision_file_names_it_and_the_way_out(monkeypatch, tmp_path):
@@ -309,7 +311,9 @@ def test_maps_are_upsampled_smoothed_distances_and_map_kinds(detector):
         smooth = detector.anomaly_maps(x, output, ScoreConfig(smoothing_sigma=4))
     assert sharp.shape == smooth.shape == (2, SIZE, SIZE) and sharp.dtype == torch.float32
     distances = output[0]  # (2, 8, 8): one per 8x8 px patch
-    upsampled = torch.nn.functional.interpolate(distances[:, None], scale_factor=8, mode="bilinear", align_corners=False)[:, 0]
+    upsampled = torch.nn.functional.interpolate(
+        distances[:, None], scale_factor=8, mode="bilinear", align_corners=False
+    )[:, 0]
     torch.testing.assert_close(sharp, upsampled)  # bilinear, pixel-centre aligned: never beyond the patch values
     assert float(sharp.min()) >= float(distances.min()) and float(sharp.max()) <= float(distances.max())
     torch.testing.assert_close(smooth, anomaly_map.smooth(sharp, 4.0))
@@ -372,7 +376,7 @@ def test_weights_only_round_trip_needs_no_weight_file(detector, tmp_path, monkey
     assert loaded.architecture() == detector.architecture()
     x = as_input(textures(2, seed=13))
     with torch.no_grad():
-        for a, b in zip(loaded(x), detector(x)):
+        for a, b in zip(loaded(x), detector(x), strict=False):
             assert torch.equal(a, b)
 
 
@@ -410,7 +414,7 @@ def test_onnx_export_matches_pytorch(detector, tmp_path):
         got = session.run(None, {"image": x.numpy()})
         assert [o.shape for o in got] == [(count, SIZE, SIZE), (count,)]
         # measured: max |difference| 3e-5 on maps and scores of ~20 (float32, other kernels)
-        for a, b in zip(got, expected):
+        for a, b in zip(got, expected, strict=False):
             np.testing.assert_allclose(a, b.numpy(), rtol=1e-4, atol=1e-3)
 
 
@@ -427,11 +431,22 @@ def make_category(root: Path) -> Path:
     save_npy(root / "test.npy", test)
     save_npy(root / "test_masks.npy", masks)
     items = [
-        {"file": f"test/{kind}/{i:03d}.png", "label": int(kind != "good"), "defect_type": kind,
-         "mask": f"ground_truth/{kind}/{i:03d}_mask.png" if kind != "good" else None, "height": 80, "width": 96}
+        {
+            "file": f"test/{kind}/{i:03d}.png",
+            "label": int(kind != "good"),
+            "defect_type": kind,
+            "mask": f"ground_truth/{kind}/{i:03d}_mask.png" if kind != "good" else None,
+            "height": 80,
+            "width": 96,
+        }
         for i, kind in enumerate(["good", "good", "hole", "hole"])
     ]
-    index = {"image_size": SIZE, "train": [f"train/good/{i:03d}.png" for i in range(6)], "val": ["train/good/006.png", "train/good/007.png"], "test": items}
+    index = {
+        "image_size": SIZE,
+        "train": [f"train/good/{i:03d}.png" for i in range(6)],
+        "val": ["train/good/006.png", "train/good/007.png"],
+        "test": items,
+    }
     (root / "index.json").write_text(json.dumps(index), encoding="utf-8")
     return root
 
@@ -447,7 +462,14 @@ def test_fit_writes_model_and_logs_byte_identically(tmp_path, monkeypatch):
             "score": {"batch_size": 4},
         }
     )
-    runs = [FitRun(model_path=tmp_path / f"run{i}" / "model.pt", checkpoint_dir=tmp_path / f"run{i}" / "ckpt", log_dir=tmp_path / f"run{i}" / "logs") for i in (1, 2)]
+    runs = [
+        FitRun(
+            model_path=tmp_path / f"run{i}" / "model.pt",
+            checkpoint_dir=tmp_path / f"run{i}" / "ckpt",
+            log_dir=tmp_path / f"run{i}" / "logs",
+        )
+        for i in (1, 2)
+    ]
     results = [fit_memory_bank(PatchCore, data, params, run) for run in runs]
     assert runs[0].model_path.read_bytes() == runs[1].model_path.read_bytes()
 
@@ -471,7 +493,9 @@ def test_fit_writes_model_and_logs_byte_identically(tmp_path, monkeypatch):
     assert steps == sorted(steps) and steps[-1] == 38 and radii[0] >= radii[-1] > 0  # it shrinks as centres are added
     assert (runs[0].log_dir / "plots" / "images" / "validation_maps.png").is_file()
     logged_params = (runs[0].log_dir / "params.yaml").read_text()
-    assert "efficientnet-lite0-57934424.pth" in logged_params and weight_file("efficientnet_lite0").sha256 in logged_params
+    assert (
+        "efficientnet-lite0-57934424.pth" in logged_params and weight_file("efficientnet_lite0").sha256 in logged_params
+    )
 
     detector = PatchCore.from_architecture(payload["architecture"])
     detector.load_state_dict(payload["state_dict"])

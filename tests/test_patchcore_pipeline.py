@@ -13,9 +13,19 @@ from conftest import dvc, git, make_project, run
 
 pytestmark = pytest.mark.integration
 CATEGORIES = ("weave", "washer")
-PATCHCORE = {"model": {"kind": "patchcore", "coreset_ratio": 0.1}, "preprocess": {"image_size": 64}, "score": {"smoothing_sigma": 2.0}}
+PATCHCORE = {
+    "model": {"kind": "patchcore", "coreset_ratio": 0.1},
+    "preprocess": {"image_size": 64},
+    "score": {"smoothing_sigma": 2.0},
+}
 # Outputs whose bytes must not change on a forced re-run (DVCLive's metrics.json holds wall-clock fit times).
-STABLE = ("models/{cat}/model.pt", "models/{cat}/thresholds.json", "models/{cat}/model.onnx", "metrics/{cat}.json", "metrics/{cat}_export.json")
+STABLE = (
+    "models/{cat}/model.pt",
+    "models/{cat}/thresholds.json",
+    "models/{cat}/model.onnx",
+    "metrics/{cat}.json",
+    "metrics/{cat}_export.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +63,29 @@ def test_forced_repro_gives_the_same_bytes(project):
 
 def test_predict_with_a_patchcore_model_in_the_workspace_and_at_a_revision(project):
     images = project / "data" / "raw" / "weave" / "test"
-    result = run([sys.executable, "-m", "anomaly_spotter.deploy.predict", "--category", "weave", str(images), "--out", "pred"], cwd=project)
+    result = run(
+        [sys.executable, "-m", "anomaly_spotter.deploy.predict", "--category", "weave", str(images), "--out", "pred"],
+        cwd=project,
+    )
     rows = [json.loads(line) for line in (project / "pred" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == len(list(images.rglob("*.png"))) and all("score" in r for r in rows)
     assert "weave" in result.stdout
     # The committed revision, through DVC's API, gives the same scores.
-    run([sys.executable, "-m", "anomaly_spotter.deploy.predict", "--category", "weave", "--rev", "HEAD", str(images), "--out", "pred_head"], cwd=project)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "anomaly_spotter.deploy.predict",
+            "--category",
+            "weave",
+            "--rev",
+            "HEAD",
+            str(images),
+            "--out",
+            "pred_head",
+        ],
+        cwd=project,
+    )
     at_head = [json.loads(line) for line in (project / "pred_head" / "predictions.jsonl").read_text().splitlines()]
     assert [r["score"] for r in at_head] == pytest.approx([r["score"] for r in rows], rel=1e-6)
     scores_by_label = {"good": [], "defect": []}

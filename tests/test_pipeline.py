@@ -96,7 +96,7 @@ def queue_report(root) -> str:
     status = dvc("queue", "status", cwd=root, check=False).stdout
     tasks = [line.split()[0] for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
     logs = [dvc("queue", "logs", task, cwd=root, check=False) for task in tasks]
-    return status + "".join(f"\n--- {task}\n{log.stdout}{log.stderr}" for task, log in zip(tasks, logs))
+    return status + "".join(f"\n--- {task}\n{log.stdout}{log.stderr}" for task, log in zip(tasks, logs, strict=False))
 
 
 def test_queued_sweep_runs_two_experiments_in_parallel(experiment, tmp_path):
@@ -106,8 +106,14 @@ def test_queued_sweep_runs_two_experiments_in_parallel(experiment, tmp_path):
     # The workers are forked from `dvc queue start` and keep its stdout and stderr open until they
     # exit: with pipes (capture_output) the call would block for the whole sweep, so they get a file.
     with open(tmp_path / "queue-start.log", "w") as log:
-        started = subprocess.run([str(BIN / "dvc"), "queue", "start", "-j", "2"], cwd=root, env=tool_env(),
-                                 stdout=log, stderr=subprocess.STDOUT, timeout=120)
+        started = subprocess.run(
+            [str(BIN / "dvc"), "queue", "start", "-j", "2"],
+            cwd=root,
+            env=tool_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
     assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()
     try:
         deadline = time.monotonic() + 600

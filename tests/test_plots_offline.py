@@ -97,7 +97,7 @@ def _rgb_pixels(path: Path) -> list[tuple[int, int, int]]:
 
 
 def _near(pixel: tuple[int, int, int], rgb: tuple[int, int, int], tol: int = 40) -> bool:
-    return all(abs(a - b) <= tol for a, b in zip(pixel, rgb))
+    return all(abs(a - b) <= tol for a, b in zip(pixel, rgb, strict=False))
 
 
 def _dvc_command() -> list[str]:

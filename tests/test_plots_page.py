@@ -5,8 +5,9 @@ training curve read back from DVCLive's files. The integration test runs the pip
 params in a temporary repository, renders ``dvc plots show`` in headless Chromium (offline, as
 in ``test_plots_offline.py``) and checks the charts by their titles: one training chart per
 category, ROC, PR, PRO, score histogram and the per-defect-type bars per category, the heatmaps,
-mistakes and selection images, and no chart titled with a file path. Then ``dvc plots diff`` between two revisions must put both in every
-chart. (``docs/plots.png`` is the same page for the real default pipeline: ``make screenshot``.)
+mistakes and selection images, and no chart titled with a file path. Then ``dvc plots diff``
+between two revisions must put both in every chart. (``docs/plots.png`` is the same page for the
+real default pipeline: ``make screenshot``.)
 """
 
 from __future__ import annotations
@@ -59,7 +60,13 @@ def test_dvc_yaml_templates_exist_and_colour_by_revision() -> None:
     for name, content in templates.items():
         text = json.dumps(content)
         # DVC fills these anchors (dvc_render.vega_templates.Template.ANCHOR); data is required.
-        for anchor in ("<DVC_METRIC_DATA>", "<DVC_METRIC_TITLE>", "<DVC_METRIC_X>", "<DVC_METRIC_X_LABEL>", "<DVC_METRIC_Y_LABEL>"):
+        for anchor in (
+            "<DVC_METRIC_DATA>",
+            "<DVC_METRIC_TITLE>",
+            "<DVC_METRIC_X>",
+            "<DVC_METRIC_X_LABEL>",
+            "<DVC_METRIC_Y_LABEL>",
+        ):
             assert anchor in text, f"{name} lacks {anchor}"
         # DVC's colour anchor becomes {"field": "rev", ...}: `dvc plots diff` colours by revision.
         assert '"color": "<DVC_METRIC_COLOR>"' in text, name
@@ -69,11 +76,22 @@ def test_dvc_yaml_templates_exist_and_colour_by_revision() -> None:
 def test_templates_fill_like_dvc_fills_them() -> None:
     from dvc_render import VegaRenderer
 
-    rows = [{"fpr": 0.0, "tpr": 0.0, "threshold": 2.0, "operating_point": False, "rev": "a"},
-            {"fpr": 1.0, "tpr": 1.0, "threshold": 0.0, "operating_point": False, "rev": "a"},
-            {"fpr": 0.5, "tpr": 0.7, "threshold": 1.0, "operating_point": True, "rev": "a"}]
-    renderer = VegaRenderer(rows, "plots/x/roc.json", template="curve_operating_point", template_dir=str(TEMPLATES),
-                            x="fpr", y="tpr", title="x ROC", x_label="FPR", y_label="TPR")
+    rows = [
+        {"fpr": 0.0, "tpr": 0.0, "threshold": 2.0, "operating_point": False, "rev": "a"},
+        {"fpr": 1.0, "tpr": 1.0, "threshold": 0.0, "operating_point": False, "rev": "a"},
+        {"fpr": 0.5, "tpr": 0.7, "threshold": 1.0, "operating_point": True, "rev": "a"},
+    ]
+    renderer = VegaRenderer(
+        rows,
+        "plots/x/roc.json",
+        template="curve_operating_point",
+        template_dir=str(TEMPLATES),
+        x="fpr",
+        y="tpr",
+        title="x ROC",
+        x_label="FPR",
+        y_label="TPR",
+    )
     spec = renderer.get_filled_template()
     assert "<DVC_METRIC" not in json.dumps(spec)
     assert spec["encoding"]["color"]["field"] == "rev" and spec["title"]["text"] == "x ROC"
@@ -85,8 +103,10 @@ def test_loss_curve_joins_train_and_validation_totals(tmp_path: Path) -> None:
         tsv.parent.mkdir(parents=True)
         tsv.write_text("step\tloss\n" + "".join(f"{i + 1}\t{v}\n" for i, v in enumerate(values)), encoding="utf-8")
     assert loss_curve_rows(tmp_path) == [
-        {"epoch": 1, "split": "train", "loss": 2.0}, {"epoch": 2, "split": "train", "loss": 1.5},
-        {"epoch": 1, "split": "validation", "loss": 2.5}, {"epoch": 2, "split": "validation", "loss": 1.75},
+        {"epoch": 1, "split": "train", "loss": 2.0},
+        {"epoch": 2, "split": "train", "loss": 1.5},
+        {"epoch": 1, "split": "validation", "loss": 2.5},
+        {"epoch": 2, "split": "validation", "loss": 1.75},
     ]
     # A kind without epochs (patchcore) still gets the file the train stage declares, empty.
     empty = tmp_path / "patchcore"
@@ -124,9 +144,23 @@ def _values_of(spec: object, key: str) -> list[object]:
 def _page_titles_and_images(page: Path, profile: Path) -> tuple[list[str], int, str]:
     chromium = _chromium()
     env = dict(os.environ)
-    dom = _run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=15000", f"--user-data-dir={profile}",
-                "--dump-dom", page.as_uri()], profile.parent, env).stdout
+    dom = _run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--virtual-time-budget=15000",
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        profile.parent,
+        env,
+    ).stdout
     assert 'class="vega-error"' not in dom, "vega-embed reported an error"
     titles = [html.unescape(t) for t in re.findall(r"aria-label=\"Title text '(.*?)'\"", dom)]
     images = len(re.findall(r'<img src="static/', dom))
@@ -150,9 +184,23 @@ def test_plots_page_has_one_chart_of_each_kind_per_category(pipeline_repo: Path,
     assert len(re.findall(r">t = -?\d[^<]*</text>", dom)) == 2 * len(categories)
 
     shot = tmp_path / "plots.png"
-    _run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--host-resolver-rules=MAP * ~NOTFOUND",
-          "--virtual-time-budget=15000", "--window-size=1300,2900", f"--user-data-dir={tmp_path / 'profile2'}",
-          f"--screenshot={shot}", (root / "dvc_plots" / "index.html").as_uri()], tmp_path, dict(os.environ))
+    _run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--virtual-time-budget=15000",
+            "--window-size=1300,2900",
+            f"--user-data-dir={tmp_path / 'profile2'}",
+            f"--screenshot={shot}",
+            (root / "dvc_plots" / "index.html").as_uri(),
+        ],
+        tmp_path,
+        dict(os.environ),
+    )
     assert shot.stat().st_size > 50_000, "the screenshot looks blank"
 
 
@@ -169,13 +217,18 @@ def test_plots_diff_overlays_both_revisions_in_every_chart(pipeline_repo: Path, 
                 revs = {row["rev"] for row in entry["content"]["data"]["values"]}
                 assert revs == {"HEAD", "p95"}, f"{path}: {revs}"
                 colours = [c for c in _values_of(entry["content"], "color") if isinstance(c, dict) and c]
-                assert colours and all(c["field"] == "rev" and set(c["scale"]["domain"]) == {"HEAD", "p95"} for c in colours), path
+                assert colours and all(
+                    c["field"] == "rev" and set(c["scale"]["domain"]) == {"HEAD", "p95"} for c in colours
+                ), path
     # The histogram's threshold rule moved: the two revisions carry different thresholds.
     scores = charts[f"plots/{categories[0]}/scores.json"][0]["content"]["data"]["values"]
     assert len({(row["rev"], row["threshold"]) for row in scores}) == 2
     # The per-type bars of both revisions, and the same selection image drawn once per revision.
     bars = charts[f"plots/{categories[0]}/defect_types.json"][0]["content"]["data"]["values"]
-    assert {row["rev"] for row in bars} == {"HEAD", "p95"} and {row["measure"] for row in bars} >= {"recall", "false-alarm rate"}
+    assert {row["rev"] for row in bars} == {"HEAD", "p95"} and {row["measure"] for row in bars} >= {
+        "recall",
+        "false-alarm rate",
+    }
     selection = charts[f"plots/{categories[0]}/selection.png"]
     assert sorted(entry["revisions"][0] for entry in selection) == ["HEAD", "p95"]
     # And the page renders with both revisions in it.

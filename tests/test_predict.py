@@ -19,13 +19,13 @@ import yaml
 
 from anomaly_spotter.cli import run as run_cli
 from anomaly_spotter.config import parse_params
-from anomaly_spotter.errors import UserError
 from anomaly_spotter.dataset.images import read_image, resize
 from anomaly_spotter.deploy.predict import RESULTS_NAME, collect_images, load_detector, main, predict_images
-from anomaly_spotter.detectors.base import save_model_file
-from anomaly_spotter.scoring import score_images
 from anomaly_spotter.detectors import build_detector
+from anomaly_spotter.detectors.base import save_model_file
+from anomaly_spotter.errors import UserError
 from anomaly_spotter.evaluation.thresholds import ThresholdsMismatchError, score_record
+from anomaly_spotter.scoring import score_images
 from conftest import REPO, TINY_PARAMS, deep_update, dvc, git, run
 
 CATEGORY = "weave"
@@ -56,7 +56,13 @@ def save_thresholds(path: Path, threshold: float, raw_params: dict | None = None
                 "thresholds": {"percentile_95": threshold * 0.9, "percentile_99": threshold},
                 "score": score_record(params.score, build_detector(params)),
                 "validation": {"source": "train/good hold-out", "images": 4},
-                "validation_scores": {"count": 4, "min": threshold * 0.5, "max": threshold, "mean": threshold * 0.8, "std": 0.01},
+                "validation_scores": {
+                    "count": 4,
+                    "min": threshold * 0.5,
+                    "max": threshold,
+                    "mean": threshold * 0.8,
+                    "std": 0.01,
+                },
             }
         )
     )
@@ -190,7 +196,10 @@ def test_exit_status_2_when_nothing_was_scored(workspace, capsys):
     ("remove", "expected"),
     [
         ("model.pt", r"models/weave/model\.pt is missing; run `dvc repro` \(or `dvc pull`\)"),
-        ("thresholds.json", r"models/weave/thresholds\.json is missing; run `dvc repro thresholds@weave` \(or `dvc pull`\)"),
+        (
+            "thresholds.json",
+            r"models/weave/thresholds\.json is missing; run `dvc repro thresholds@weave` \(or `dvc pull`\)",
+        ),
     ],
 )
 def test_missing_model_files_exit_2_and_say_what_to_run(workspace, capsys, remove, expected):
@@ -231,10 +240,26 @@ def test_rev_reads_model_thresholds_and_params_of_that_revision(workspace):
     workspace_now = load_detector(CATEGORY)
     assert (workspace_now.threshold, workspace_now.score.map) == (0.25, "l2")
     now = predict_images(workspace_now, collect_images(["images"]), repo / "now", progress=False)
-    assert all(a.score != pytest.approx(b.score, rel=1e-3) for a, b in zip(now, v1))  # the check below can fail
+    assert all(
+        a.score != pytest.approx(b.score, rel=1e-3) for a, b in zip(now, v1, strict=False)
+    )  # the check below can fail
 
     # The real command line, in a fresh process, against the committed revision.
-    result = run([sys.executable, "-m", "anomaly_spotter.deploy.predict", "--category", CATEGORY, "--rev", "HEAD", "images", "--out", "at_head"], cwd=repo)
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "anomaly_spotter.deploy.predict",
+            "--category",
+            CATEGORY,
+            "--rev",
+            "HEAD",
+            "images",
+            "--out",
+            "at_head",
+        ],
+        cwd=repo,
+    )
     assert "revision HEAD model" in result.stdout
     rows = read_jsonl(repo / "at_head" / RESULTS_NAME)
     assert [r["threshold"] for r in rows] == [THRESHOLD] * 3
@@ -254,7 +279,9 @@ def test_thresholds_made_with_other_score_params_are_refused(workspace, capsys):
     raw = yaml.safe_load((workspace / "params.yaml").read_text())
     raw["score"]["smoothing_sigma"] = 2.0  # params.yaml edited, thresholds not re-run
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    with pytest.raises(ThresholdsMismatchError, match=r"smoothing_sigma is 1\.0 in models/weave/thresholds\.json but 2\.0 now"):
+    with pytest.raises(
+        ThresholdsMismatchError, match=r"smoothing_sigma is 1\.0 in models/weave/thresholds\.json but 2\.0 now"
+    ):
         load_detector(CATEGORY)
     assert exit_code(["--category", CATEGORY, "images"]) == 2
     err = capsys.readouterr().err
@@ -270,7 +297,9 @@ def test_thresholds_without_a_score_record_are_refused(workspace, capsys):
     path.write_text(json.dumps(old))
     assert exit_code(["--category", CATEGORY, "images"]) == 2
     err = capsys.readouterr().err
-    assert "models/weave/thresholds.json does not record the score params" in err and "dvc repro thresholds@weave" in err
+    assert (
+        "models/weave/thresholds.json does not record the score params" in err and "dvc repro thresholds@weave" in err
+    )
 
 
 def test_maps_are_exported_at_the_original_size_for_a_benchmark_server(workspace):

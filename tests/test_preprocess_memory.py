@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from conftest_data import square_mask, write_image
 
 SIDE = 2048  # 4.2 megapixels
@@ -33,7 +34,9 @@ def make_large_category(root: Path, test_images: int) -> Path:
     """train 2 + validation 2 + ``test_images`` defective images (with masks), all SIDE x SIDE RGB."""
     ramp = np.linspace(40, 200, SIDE, dtype=np.float32)
     for i, split in enumerate(["train/good"] * 2 + ["validation/good"] * 2 + ["test/bad"] * test_images):
-        image = np.stack([np.add.outer(ramp, ramp * (0.1 + 0.05 * i)) % 255] * 3, axis=-1).astype(np.uint8)  # compresses well
+        image = np.stack([np.add.outer(ramp, ramp * (0.1 + 0.05 * i)) % 255] * 3, axis=-1).astype(
+            np.uint8
+        )  # compresses well
         name = f"{i:03d}.png"
         write_image(root / split / name, image)
         if split == "test/bad":
@@ -45,7 +48,11 @@ def make_large_category(root: Path, test_images: int) -> Path:
 def peak_rss(raw: Path, out: Path) -> int:
     src = Path(__file__).resolve().parents[1] / "src"
     result = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(raw), str(out)], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(src)}
+        [sys.executable, "-c", _MEASURE, str(raw), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
     )
     return int(json.loads(result.stdout.strip().splitlines()[-1]))
 

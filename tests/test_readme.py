@@ -5,11 +5,11 @@ import json
 
 import pytest
 import yaml
-from conftest import REPO
 
 from anomaly_spotter.config import load_params
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.evaluation.readme_table import BEGIN, END, main, replace_block, results_table
+from conftest import REPO
 
 
 def committed_summary() -> dict:
@@ -28,7 +28,9 @@ def test_committed_summary_is_the_one_dvc_lock_records():
     lock = yaml.safe_load((REPO / "dvc.lock").read_text(encoding="utf-8"))
     outs = {o["path"]: o["md5"] for o in lock["stages"]["report"]["outs"]}
     actual = hashlib.md5((REPO / "metrics" / "summary.json").read_bytes()).hexdigest()
-    assert outs["metrics/summary.json"] == actual, "metrics/summary.json differs from dvc.lock: run `dvc repro` and commit both"
+    assert outs["metrics/summary.json"] == actual, (
+        "metrics/summary.json differs from dvc.lock: run `dvc repro` and commit both"
+    )
 
 
 def test_table_rows_follow_the_categories_then_the_mean():
@@ -46,12 +48,27 @@ def test_table_rows_follow_the_categories_then_the_mean():
 
 
 def test_main_rewrites_only_the_block(tmp_path):
-    summary = {"image_auroc": {"weave": 0.9}, "pixel_auroc": {"weave": 0.8}, "au_pro": {"weave": 0.7}, "f1": {"weave": 0.6}, "test_images": {"weave": 4}}
+    summary = {
+        "image_auroc": {"weave": 0.9},
+        "pixel_auroc": {"weave": 0.8},
+        "au_pro": {"weave": 0.7},
+        "f1": {"weave": 0.6},
+        "test_images": {"weave": 4},
+    }
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     (tmp_path / "params.yaml").write_text("data: {categories: [weave]}\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{BEGIN}\nold table\n{END}\noutro\n")
-    main(["--summary", str(tmp_path / "summary.json"), "--readme", str(readme), "--params", str(tmp_path / "params.yaml")])
+    main(
+        [
+            "--summary",
+            str(tmp_path / "summary.json"),
+            "--readme",
+            str(readme),
+            "--params",
+            str(tmp_path / "params.yaml"),
+        ]
+    )
     assert readme.read_text() == f"intro\n{BEGIN}\n{results_table(summary, ['weave'])}\n{END}\noutro\n"
 
 

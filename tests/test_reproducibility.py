@@ -15,11 +15,7 @@ pytestmark = pytest.mark.integration
 def lock_hashes(root):
     """{(stage, path): md5} for every output in dvc.lock."""
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    return {
-        (stage, out["path"]): out["md5"]
-        for stage, body in lock["stages"].items()
-        for out in body.get("outs", [])
-    }
+    return {(stage, out["path"]): out["md5"] for stage, body in lock["stages"].items() for out in body.get("outs", [])}
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +50,20 @@ def test_push_clone_pull_round_trip(reproduced, tmp_path):
     assert "up to date" in status, status
     again = dvc("repro", cwd=clone)
     assert "Running stage" not in again.stdout
-    assert (clone / "models" / "marble" / "model.pt").read_bytes() == (root / "models" / "marble" / "model.pt").read_bytes()
+    assert (clone / "models" / "marble" / "model.pt").read_bytes() == (
+        root / "models" / "marble" / "model.pt"
+    ).read_bytes()
     # The pulled model judges new images in the clone (predict reads model, threshold, params).
-    judged = run([sys.executable, "-m", "anomaly_spotter.deploy.predict", "--category", "marble", "data/raw/marble/test"], cwd=clone)
-    results = [json.loads(line) for line in (clone / "predictions" / "marble" / "predictions.jsonl").read_text().splitlines()]
-    assert len(results) == len(list((clone / "data" / "raw" / "marble" / "test").rglob("*.png"))) and "anomalous" in judged.stdout
+    judged = run(
+        [sys.executable, "-m", "anomaly_spotter.deploy.predict", "--category", "marble", "data/raw/marble/test"],
+        cwd=clone,
+    )
+    results = [
+        json.loads(line) for line in (clone / "predictions" / "marble" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert (
+        len(results) == len(list((clone / "data" / "raw" / "marble" / "test").rglob("*.png")))
+        and "anomalous" in judged.stdout
+    )
     assert {"score", "threshold", "anomalous", "heatmap"} <= set(results[0])
     shutil.rmtree(clone)

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest_data import write_image
 
-from anomaly_spotter.errors import DataError
-from anomaly_spotter.evaluation.metrics import MetricError, au_spro, au_pro
 from anomaly_spotter.dataset.processed import TestItem as Item
 from anomaly_spotter.dataset.regions import read_regions
+from anomaly_spotter.errors import DataError
+from anomaly_spotter.evaluation.metrics import MetricError, au_pro, au_spro
+from conftest_data import write_image
 
 # One defect-free image (its 4 pixels make the FPR) and one defective image with two regions:
 #   A = pixels 0-3, scores 0.8 0.8 0.05 0.05, saturation 2 px: two pixels found = fully detected
@@ -47,7 +47,9 @@ def test_saturation_is_what_differs_from_plain_overlap():
     two_regions = au_spro(maps, [[], [(A, 4.0), (B, 4.0)]], [True, False], fpr_limit=1.0)
     assert 0.0 < two_regions < 1.0
     # au_pro takes FPR over all defect-free pixels (here none outside the regions but the good image's).
-    assert au_pro(masks, maps, fpr_limit=1.0) == pytest.approx(au_spro(maps, [[], [(A | B, 8.0)]], [True, False], fpr_limit=1.0))
+    assert au_pro(masks, maps, fpr_limit=1.0) == pytest.approx(
+        au_spro(maps, [[], [(A | B, 8.0)]], [True, False], fpr_limit=1.0)
+    )
 
 
 @pytest.mark.parametrize(
@@ -80,7 +82,10 @@ def test_regions_and_saturation_read_from_defects_config(tmp_path):
             {"defect_name": "broken", "pixel_value": 254, "saturation_threshold": 1.0, "relative_saturation": True},
         ],
     )
-    items = [Item("test/good/000.png", 0, "good", None, 1, 4), Item("test/structural_anomalies/000.png", 1, "structural_anomalies", "m", 1, 8)]
+    items = [
+        Item("test/good/000.png", 0, "good", None, 1, 4),
+        Item("test/structural_anomalies/000.png", 1, "structural_anomalies", "m", 1, 8),
+    ]
     regions = read_regions(tmp_path, items)
     assert regions[0] == [] and [(m.tolist(), s) for m, s in regions[1]] == [(A.tolist(), 2.0), (B.tolist(), 4.0)]
     assert au_spro([GOOD_MAP, DEFECT_MAP], regions, [True, False], fpr_limit=0.5) == pytest.approx(0.3125)
@@ -88,7 +93,10 @@ def test_regions_and_saturation_read_from_defects_config(tmp_path):
 
 
 def test_region_value_missing_from_defects_config_is_named(tmp_path):
-    make_loco_regions(tmp_path, [{"defect_name": "missing", "pixel_value": 255, "saturation_threshold": 2, "relative_saturation": False}])
+    make_loco_regions(
+        tmp_path,
+        [{"defect_name": "missing", "pixel_value": 255, "saturation_threshold": 2, "relative_saturation": False}],
+    )
     items = [Item("test/structural_anomalies/000.png", 1, "structural_anomalies", "m", 1, 8)]
     with pytest.raises(DataError, match=r"001\.png: holds pixel values \[254\]"):
         read_regions(tmp_path, items)

@@ -9,12 +9,32 @@ from conftest import REPO, tool_env
 
 
 def run_stage(script, *args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "stages" / script), *args], cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / script), *args],
+        cwd=cwd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_wrong_typed_param_stops_the_stage_naming_the_key(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"epochs": "many", "lr": -1}}))
-    result = run_stage("train.py", "--category", "weave", "--data", "d", "--model", "m.pt", "--checkpoints", "c", "--logs", "l", cwd=tmp_path)
+    result = run_stage(
+        "train.py",
+        "--category",
+        "weave",
+        "--data",
+        "d",
+        "--model",
+        "m.pt",
+        "--checkpoints",
+        "c",
+        "--logs",
+        "l",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "train.epochs: expected an integer, got 'many'" in result.stderr
     assert "train.lr: must be > 0.0" in result.stderr
@@ -40,6 +60,19 @@ def test_category_not_in_params(tmp_path):
 
 def test_missing_preprocessed_data_names_the_file(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({}))
-    result = run_stage("train.py", "--category", "weave", "--data", "nowhere", "--model", "m.pt", "--checkpoints", "c", "--logs", "l", cwd=tmp_path)
+    result = run_stage(
+        "train.py",
+        "--category",
+        "weave",
+        "--data",
+        "nowhere",
+        "--model",
+        "m.pt",
+        "--checkpoints",
+        "c",
+        "--logs",
+        "l",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "nowhere/index.json is missing" in result.stderr

@@ -247,13 +247,17 @@ def test_grey_images_get_grey_anomalies():
         for seed in range(5):
             anomaly = generator(grey, pool, np.random.default_rng(seed))
             assert anomaly.mask.sum() > 0
-            assert np.array_equal(anomaly.image[..., 0], anomaly.image[..., 1]) and np.array_equal(anomaly.image[..., 0], anomaly.image[..., 2]), source
+            assert np.array_equal(anomaly.image[..., 0], anomaly.image[..., 1]) and np.array_equal(
+                anomaly.image[..., 0], anomaly.image[..., 2]
+            ), source
 
 
 def test_shade_changes_the_level_but_keeps_the_texture(images):
     """A stain-like anomaly: every pasted pixel moves the same way, and the texture survives."""
     image, pool = images["texture"]
-    generator = generator_with(probability=1.0, sources=("shade",), opacity_min=1.0, opacity_max=1.0, foreground_only=False)
+    generator = generator_with(
+        probability=1.0, sources=("shade",), opacity_min=1.0, opacity_max=1.0, foreground_only=False
+    )
     directions = set()
     for seed in range(8):
         anomaly = generator(image, pool, np.random.default_rng(seed))
@@ -264,6 +268,8 @@ def test_shade_changes_the_level_but_keeps_the_texture(images):
         directions.add(int(np.sign(change.sum())))
         # The texture survives: away from clipping, the anomaly follows the image pixel by pixel.
         unclipped = ((anomaly.image[inside] > 0) & (anomaly.image[inside] < 255)).all(axis=1)
-        correlation = np.corrcoef(anomaly.image[inside][unclipped, 0].astype(float), image[inside][unclipped, 0].astype(float))[0, 1]
+        correlation = np.corrcoef(
+            anomaly.image[inside][unclipped, 0].astype(float), image[inside][unclipped, 0].astype(float)
+        )[0, 1]
         assert correlation > 0.8, f"seed {seed}: correlation {correlation:.2f}"
     assert directions == {-1, 1}, "both brighter and darker stains are drawn"

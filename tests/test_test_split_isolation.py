@@ -26,7 +26,15 @@ CATEGORY = "weave"
 
 
 def stage(root, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "stages" / f"{name}.py"), "--category", CATEGORY, "--params", str(root / "params.yaml"), *args]
+    cmd = [
+        sys.executable,
+        str(REPO / "stages" / f"{name}.py"),
+        "--category",
+        CATEGORY,
+        "--params",
+        str(root / "params.yaml"),
+        *args,
+    ]
     result = subprocess.run(cmd, cwd=root, env=tool_env(), capture_output=True, text=True, check=False, timeout=600)
     if check:
         assert result.returncode == 0, f"{name} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
@@ -34,8 +42,21 @@ def stage(root, name: str, *args: str, check: bool = True) -> subprocess.Complet
 
 
 def train_and_threshold(root, data, out) -> None:
-    stage(root, "train", "--data", str(data), "--model", str(out / "model.pt"), "--checkpoints", str(out / "ck"), "--logs", str(out / "logs"))
-    stage(root, "thresholds", "--data", str(data), "--model", str(out / "model.pt"), "--out", str(out / "thresholds.json"))
+    stage(
+        root,
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        str(out / "model.pt"),
+        "--checkpoints",
+        str(out / "ck"),
+        "--logs",
+        str(out / "logs"),
+    )
+    stage(
+        root, "thresholds", "--data", str(data), "--model", str(out / "model.pt"), "--out", str(out / "thresholds.json")
+    )
 
 
 def scramble_test_split(processed) -> None:
@@ -47,7 +68,13 @@ def scramble_test_split(processed) -> None:
     save_npy(processed / "test_masks.npy", rng.integers(0, 2, (len(masks) - 1, *masks.shape[1:]), dtype=np.uint8))
     index = json.loads((processed / "index.json").read_text())
     index["test"] = [
-        {**item, "file": f"test/other/{i:03d}.png", "label": 1 - item["label"], "defect_type": "other", "height": item["height"] + 1}
+        {
+            **item,
+            "file": f"test/other/{i:03d}.png",
+            "label": 1 - item["label"],
+            "defect_type": "other",
+            "height": item["height"] + 1,
+        }
         for i, item in enumerate(index["test"][:-1])
     ]
     (processed / "index.json").write_text(json.dumps(index))
@@ -77,24 +104,37 @@ def test_changing_the_test_split_changes_neither_model_nor_thresholds(trained, t
 
 def test_thresholds_json_records_the_stage_params(trained):
     from anomaly_spotter.config import parse_params
-    from anomaly_spotter.detectors import load_model
     from anomaly_spotter.dataset.processed import load_processed
+    from anomaly_spotter.detectors import load_model
     from anomaly_spotter.evaluation.thresholds import VALIDATION_SOURCE, read_thresholds, score_record
 
     root, processed = trained
     written = read_thresholds(root / "original" / "thresholds.json")
     model, _ = load_model(root / "original" / "model.pt")
     assert written.score == score_record(parse_params(TINY_PARAMS).score, model)
-    assert written.score["map"] == "head" and written.score["smoothing_sigma"] == 1.0 and written.score["image_size"] == 32
+    assert (
+        written.score["map"] == "head" and written.score["smoothing_sigma"] == 1.0 and written.score["image_size"] == 32
+    )
     assert written.validation_source == VALIDATION_SOURCE
     assert written.validation_images == len(load_processed(processed).val) > 0
 
 
 def evaluate_args(root, processed, out):
     return (
-        "--data", str(processed), "--raw", str(root / "raw"), "--model", str(root / "original" / "model.pt"),
-        "--thresholds", str(root / "original" / "thresholds.json"), "--metrics", str(out / "metrics.json"),
-        "--plots", str(out / "plots"), "--results", str(out / "results"),
+        "--data",
+        str(processed),
+        "--raw",
+        str(root / "raw"),
+        "--model",
+        str(root / "original" / "model.pt"),
+        "--thresholds",
+        str(root / "original" / "thresholds.json"),
+        "--metrics",
+        str(out / "metrics.json"),
+        "--plots",
+        str(out / "plots"),
+        "--results",
+        str(out / "results"),
     )
 
 
@@ -107,9 +147,21 @@ def test_evaluate_stage_refuses_thresholds_made_with_other_score_params(trained,
     edited["score"] = {**edited["score"], "smoothing_sigma": 2.0}  # params changed, thresholds not re-run
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(edited))
     result = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "evaluate.py"), "--category", CATEGORY, "--params", str(tmp_path / "params.yaml"),
-         *evaluate_args(root, processed, tmp_path / "stale")],
-        cwd=root, env=tool_env(), capture_output=True, text=True, check=False, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "stages" / "evaluate.py"),
+            "--category",
+            CATEGORY,
+            "--params",
+            str(tmp_path / "params.yaml"),
+            *evaluate_args(root, processed, tmp_path / "stale"),
+        ],
+        cwd=root,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
     )
     assert result.returncode == 2, result.stderr
     thresholds_file = str(root / "original" / "thresholds.json")
@@ -143,4 +195,8 @@ def test_bench_reads_thresholds_through_the_same_reader(trained, tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     stale = subprocess.run(cmd, cwd=project, env=tool_env(), capture_output=True, text=True, check=False, timeout=600)
     assert stale.returncode != 0
-    assert "ThresholdsMismatchError" in stale.stderr and "image_score is 'topk_mean'" in stale.stderr and "than this benchmark uses now" in stale.stderr
+    assert (
+        "ThresholdsMismatchError" in stale.stderr
+        and "image_score is 'topk_mean'" in stale.stderr
+        and "than this benchmark uses now" in stale.stderr
+    )

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import dataclasses
 import json
 from types import SimpleNamespace
 
+import numpy as np
+import pytest
+
 from anomaly_spotter.config import ScoreConfig, ThresholdsConfig, threshold_names
 from anomaly_spotter.detectors import DETECTORS
 from anomaly_spotter.errors import UserError
-from anomaly_spotter.fileio import dumps_json, write_json
 from anomaly_spotter.evaluation.thresholds import (
     FORMAT_VERSION,
     VALIDATION_SOURCE,
@@ -28,6 +27,7 @@ from anomaly_spotter.evaluation.thresholds import (
     select_threshold,
     threshold_report,
 )
+from anomaly_spotter.fileio import dumps_json, write_json
 
 
 def test_hand_computed_values() -> None:
@@ -75,7 +75,10 @@ def test_report_records_validation_false_alarm_rates_and_reader_keeps_them() -> 
 def test_names_match_the_config_strategy_names() -> None:
     config = ThresholdsConfig(percentiles=(95.0, 99.5), std_k=2.5, iqr_k=3.0, fpr_percents=(0.5, 2.0))
     t = compute_thresholds(
-        np.linspace(0, 1, 20), percentiles=config.percentiles, std_k=config.std_k, iqr_k=config.iqr_k,
+        np.linspace(0, 1, 20),
+        percentiles=config.percentiles,
+        std_k=config.std_k,
+        iqr_k=config.iqr_k,
         fpr_percents=config.fpr_percents,
     )
     assert list(t) == threshold_names(config)
@@ -119,7 +122,13 @@ def test_threshold_report_uses_the_configured_strategy() -> None:
     assert report["strategy"] == "iqr_1.5"
     assert report["threshold"] == pytest.approx(0.325 + 1.5 * 0.15)
     assert report["thresholds"] == compute_thresholds(scores)
-    assert report["validation_scores"] == {"count": 4, "mean": pytest.approx(0.25), "std": pytest.approx(np.std(scores, ddof=1)), "min": 0.1, "max": 0.4}
+    assert report["validation_scores"] == {
+        "count": 4,
+        "mean": pytest.approx(0.25),
+        "std": pytest.approx(np.std(scores, ddof=1)),
+        "min": 0.1,
+        "max": 0.4,
+    }
 
 
 # --------------------------------------------------------------------------- the score record
@@ -131,7 +140,9 @@ def fake_model(kind: str = "discriminative", image_size: int = 32) -> SimpleName
 
 
 def write_thresholds(path, score: ScoreConfig | None = None, scores=(0.1, 0.2, 0.3, 0.4)):
-    write_json(path, threshold_report(np.array(scores), ThresholdsConfig(), score_record(score or ScoreConfig(), fake_model())))
+    write_json(
+        path, threshold_report(np.array(scores), ThresholdsConfig(), score_record(score or ScoreConfig(), fake_model()))
+    )
     return path
 
 
@@ -143,7 +154,14 @@ def test_score_record_holds_what_shapes_scores_and_nothing_else() -> None:
     # Spelling out what auto means, or another batch size, changes no score: same record.
     assert score_record(ScoreConfig(map="head", batch_size=3), fake_model()) == record
     # Every other field does, and so does the model's input size.
-    changed = {"map": "ssim", "ssim_window": 7, "combined_ssim_weight": 0.25, "smoothing_sigma": 1.5, "image_score": "max", "topk_percent": 2.0}
+    changed = {
+        "map": "ssim",
+        "ssim_window": 7,
+        "combined_ssim_weight": 0.25,
+        "smoothing_sigma": 1.5,
+        "image_score": "max",
+        "topk_percent": 2.0,
+    }
     assert set(changed) == score_fields - {"batch_size"}  # a new ScoreConfig field needs a line here
     for name, value in changed.items():
         other = score_record(dataclasses.replace(ScoreConfig(), **{name: value}), fake_model())
@@ -163,7 +181,9 @@ def test_thresholds_json_records_score_params_and_validation_source(tmp_path) ->
     t = read_thresholds(path, category="weave")
     assert (t.strategy, t.threshold, t.candidates) == (raw["strategy"], raw["threshold"], raw["thresholds"])
     assert (t.score, t.validation_images, t.normal_score_min, t.where) == (raw["score"], 4, 0.1, str(path))
-    t.require_score(score_record(ScoreConfig(smoothing_sigma=2.0, batch_size=1), fake_model()), category="weave")  # same params: fine
+    t.require_score(
+        score_record(ScoreConfig(smoothing_sigma=2.0, batch_size=1), fake_model()), category="weave"
+    )  # same params: fine
 
 
 def test_other_score_params_are_refused_naming_file_keys_values_and_what_to_run(tmp_path) -> None:
@@ -187,20 +207,37 @@ def test_other_score_params_are_refused_naming_file_keys_values_and_what_to_run(
 
 def test_old_and_broken_files_fail_with_a_message_not_a_key_error(tmp_path) -> None:
     old = tmp_path / "old.json"  # what the thresholds stage wrote before the record existed
-    old.write_text(json.dumps({"strategy": "percentile_99", "threshold": 0.5, "thresholds": {"percentile_99": 0.5},
-                               "validation_scores": {"count": 4, "min": 0.1, "max": 0.5, "mean": 0.3, "std": 0.1}}))
-    with pytest.raises(ThresholdsMismatchError, match=rf"{old} does not record the score params.*Run `dvc repro thresholds@weave`"):
+    old.write_text(
+        json.dumps(
+            {
+                "strategy": "percentile_99",
+                "threshold": 0.5,
+                "thresholds": {"percentile_99": 0.5},
+                "validation_scores": {"count": 4, "min": 0.1, "max": 0.5, "mean": 0.3, "std": 0.1},
+            }
+        )
+    )
+    with pytest.raises(
+        ThresholdsMismatchError, match=rf"{old} does not record the score params.*Run `dvc repro thresholds@weave`"
+    ):
         read_thresholds(old, category="weave")
     cases = {
         "not_json.json": ("{not json", "is not valid JSON"),
         "no_threshold.json": (json.dumps({"strategy": "x"}), "is not a thresholds file"),
         "list.json": ("[1, 2]", "is not a thresholds file"),
-        "bad_validation.json": (json.dumps({"threshold": 0.5, "strategy": "s", "score": {}, "validation": {}}), "is malformed"),
+        "bad_validation.json": (
+            json.dumps({"threshold": 0.5, "strategy": "s", "score": {}, "validation": {}}),
+            "is malformed",
+        ),
     }
     for name, (text, expected) in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(ThresholdError, match=expected):
             read_thresholds(tmp_path / name)
-    with pytest.raises(ThresholdError, match=r"missing\.json is missing; run `dvc repro thresholds@weave` \(or `dvc pull`\)"):
+    with pytest.raises(
+        ThresholdError, match=r"missing\.json is missing; run `dvc repro thresholds@weave` \(or `dvc pull`\)"
+    ):
         read_thresholds(tmp_path / "missing.json", category="weave")
-    assert parse_thresholds(threshold_report([0.1, 0.2], ThresholdsConfig(), {"map": "l2"}), "memory").score == {"map": "l2"}
+    assert parse_thresholds(threshold_report([0.1, 0.2], ThresholdsConfig(), {"map": "l2"}), "memory").score == {
+        "map": "l2"
+    }

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from anomaly_spotter.config import parse_params
-from anomaly_spotter.errors import TrainingError
 from anomaly_spotter.dataset.processed import load_processed
-from anomaly_spotter.detectors import load_model
-from anomaly_spotter.detectors import detector_class
+from anomaly_spotter.detectors import detector_class, load_model
+from anomaly_spotter.errors import TrainingError
 from anomaly_spotter.training import train_category
 from anomaly_spotter.training.checkpoint import CHECKPOINT_NAME
 from anomaly_spotter.training.loop import Trainer
-from conftest import TINY_RECONSTRUCTION as TINY_PARAMS, deep_update, make_processed
+from conftest import TINY_RECONSTRUCTION as TINY_PARAMS
+from conftest import deep_update, make_processed
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,9 @@ def params_with(**train):
 
 def test_training_writes_a_loadable_model_and_logs(processed, tmp_path):
     params = params_with()
-    result = train_category(processed, params, tmp_path / "model.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    result = train_category(
+        processed, params, tmp_path / "model.pt", tmp_path / "ck", tmp_path / "logs", progress=False
+    )
     assert 1 <= result.details["best_epoch"] <= 3 and np.isfinite(result.details["best_val_loss"])
     model, payload = load_model(tmp_path / "model.pt")  # weights_only=True inside
     assert payload["architecture"]["base_channels"] == params.model.base_channels
@@ -44,13 +46,22 @@ def test_training_writes_a_loadable_model_and_logs(processed, tmp_path):
 def test_two_runs_give_identical_model_bytes(processed, tmp_path):
     params = params_with(epochs=2)
     for name in ("a", "b"):
-        train_category(processed, params, tmp_path / name / "model.pt", tmp_path / name / "ck", tmp_path / name / "logs", progress=False)
+        train_category(
+            processed,
+            params,
+            tmp_path / name / "model.pt",
+            tmp_path / name / "ck",
+            tmp_path / name / "logs",
+            progress=False,
+        )
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(processed, tmp_path, monkeypatch):
     params = params_with(epochs=3)
-    train_category(processed, params, tmp_path / "full.pt", tmp_path / "ck_full", tmp_path / "logs_full", progress=False)
+    train_category(
+        processed, params, tmp_path / "full.pt", tmp_path / "ck_full", tmp_path / "logs_full", progress=False
+    )
 
     calls = {"n": 0}
     original = Trainer.train_epoch
@@ -67,26 +78,41 @@ def test_resume_after_interruption_matches_uninterrupted_run(processed, tmp_path
     assert not (tmp_path / "resumed.pt").exists()
     assert (tmp_path / "ck" / CHECKPOINT_NAME).is_file()
     monkeypatch.setattr(Trainer, "train_epoch", original)
-    result = train_category(processed, params, tmp_path / "resumed.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    result = train_category(
+        processed, params, tmp_path / "resumed.pt", tmp_path / "ck", tmp_path / "logs", progress=False
+    )
     assert result.details["resumed_from"] == 2 and result.details["epochs_run"] == 1
     assert (tmp_path / "resumed.pt").read_bytes() == (tmp_path / "full.pt").read_bytes()
 
 
 def test_checkpoint_from_other_params_is_not_resumed(processed, tmp_path, capsys):
-    train_category(processed, params_with(epochs=2), tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    train_category(
+        processed, params_with(epochs=2), tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False
+    )
     # Pretend the finished checkpoint was interrupted, then change the params.
     state = torch.load(tmp_path / "ck" / CHECKPOINT_NAME, weights_only=True)
     state["completed"] = False
     torch.save(state, tmp_path / "ck" / CHECKPOINT_NAME)
-    result = train_category(processed, params_with(epochs=2, lr=0.01), tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    result = train_category(
+        processed, params_with(epochs=2, lr=0.01), tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False
+    )
     assert result.details["resumed_from"] == 0
     assert "other params or data; starting fresh" in capsys.readouterr().out
 
 
 def test_non_finite_loss_stops_with_epoch_and_batch_and_writes_no_model(processed, tmp_path, monkeypatch):
     params = params_with()
-    trainer = Trainer(detector_class(params.model.kind), params, processed, checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "logs", progress=False)
-    monkeypatch.setattr(trainer.loss_fn, "forward", lambda output, target, mask, sum_over_batch=None: (output.sum() * float("nan"), {}))
+    trainer = Trainer(
+        detector_class(params.model.kind),
+        params,
+        processed,
+        checkpoint_dir=tmp_path / "ck",
+        log_dir=tmp_path / "logs",
+        progress=False,
+    )
+    monkeypatch.setattr(
+        trainer.loss_fn, "forward", lambda output, target, mask, sum_over_batch=None: (output.sum() * float("nan"), {})
+    )
     with pytest.raises(TrainingError, match=r"epoch 1, batch 1"):
         trainer.fit(tmp_path / "model.pt")
     assert not (tmp_path / "model.pt").exists()
@@ -95,8 +121,17 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_writes_no_model(processe
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 @pytest.mark.parametrize("scheduler", ["cosine", "plateau", "step", "none"])
 def test_optimizers_and_schedulers_reduce_the_loss(processed, tmp_path, optimizer, scheduler):
-    params = params_with(epochs=2, optimizer=optimizer, scheduler=scheduler, lr=0.01 if optimizer == "sgd" else 0.002, patience=2)
-    trainer = Trainer(detector_class(params.model.kind), params, processed, checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "logs", progress=False)
+    params = params_with(
+        epochs=2, optimizer=optimizer, scheduler=scheduler, lr=0.01 if optimizer == "sgd" else 0.002, patience=2
+    )
+    trainer = Trainer(
+        detector_class(params.model.kind),
+        params,
+        processed,
+        checkpoint_dir=tmp_path / "ck",
+        log_dir=tmp_path / "logs",
+        progress=False,
+    )
     before = trainer.validate()[0]["loss"]
     trainer.fit(tmp_path / "m.pt")
     assert trainer.state.best_val < before
@@ -122,8 +157,6 @@ def test_image_size_mismatch_is_reported(processed, tmp_path):
         train_category(processed, params, tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
 
 
-
-
 def test_cuda_out_of_memory_names_the_batch_size(processed, tmp_path, monkeypatch):
     def out_of_memory(self, epoch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -135,7 +168,9 @@ def test_cuda_out_of_memory_names_the_batch_size(processed, tmp_path, monkeypatc
 
 
 def test_security_models_load_with_weights_only(processed, tmp_path):
-    train_category(processed, params_with(epochs=1), tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False)
+    train_category(
+        processed, params_with(epochs=1), tmp_path / "m.pt", tmp_path / "ck", tmp_path / "logs", progress=False
+    )
     # A pickle that would run code on load is refused by weights_only=True.
     import pickle
 
@@ -148,7 +183,10 @@ def test_security_models_load_with_weights_only(processed, tmp_path):
         load_model(tmp_path / "evil.pt")
 
 
-DISCRIMINATIVE = {"model": {"kind": "discriminative", "head_channels": 4, "head_depth": 2}, "anomalies": {"probability": 0.5}}
+DISCRIMINATIVE = {
+    "model": {"kind": "discriminative", "head_channels": 4, "head_depth": 2},
+    "anomalies": {"probability": 0.5},
+}
 
 
 def test_discriminative_training_saves_a_detector_that_scores_with_its_head(processed, tmp_path):
@@ -166,7 +204,7 @@ def test_discriminative_training_saves_a_detector_that_scores_with_its_head(proc
         assert (tmp_path / "logs" / "plots" / "metrics" / f"{name}.tsv").is_file(), name
     scored = score_images(model, processed.test, params.score)  # score.map auto -> the head's map
     assert scored.maps.shape == (len(processed.test), 32, 32)
-    assert 0.0 <= scored.maps.min() and scored.maps.max() <= 1.0
+    assert scored.maps.min() >= 0.0 and scored.maps.max() <= 1.0
 
 
 def test_defect_removal_training_targets_the_clean_image(processed):
@@ -182,7 +220,7 @@ def test_defect_removal_training_targets_the_clean_image(processed):
     changed = (x != target).any(dim=0)
     assert mask.sum() > 0 and not changed[mask[0] == 0].any()  # only masked pixels differ
     again = dataset[1]
-    assert all(torch.equal(a, b) for a, b in zip((x, target, mask), again))
+    assert all(torch.equal(a, b) for a, b in zip((x, target, mask), again, strict=False))
     dataset.set_epoch(1)
     assert not torch.equal(dataset[1][2], mask)  # a new epoch draws a new anomaly
     assert AnomalyGenerator.from_config(parse_params(TINY_PARAMS).anomalies) is None  # probability 0: off
@@ -197,9 +235,20 @@ def test_cpu_mixed_precision_runs_the_model_in_bfloat16_and_keeps_float32_weight
     seen: list[torch.dtype] = []
     losses = {}
     for amp in (True, False):
-        params = parse_params(deep_update(TINY_PARAMS, {**DISCRIMINATIVE, "train": {"epochs": 2, "amp": amp, "device": "cpu"}}))
-        trainer = Trainer(detector_class(params.model.kind), params, processed, checkpoint_dir=tmp_path / f"ck{amp}", log_dir=tmp_path / f"logs{amp}", progress=False)
-        hook = trainer.model.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype)) if amp else None
+        params = parse_params(
+            deep_update(TINY_PARAMS, {**DISCRIMINATIVE, "train": {"epochs": 2, "amp": amp, "device": "cpu"}})
+        )
+        trainer = Trainer(
+            detector_class(params.model.kind),
+            params,
+            processed,
+            checkpoint_dir=tmp_path / f"ck{amp}",
+            log_dir=tmp_path / f"logs{amp}",
+            progress=False,
+        )
+        hook = (
+            trainer.model.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype)) if amp else None
+        )
         losses[amp] = trainer.train_epoch(0)
         if hook:
             hook.remove()

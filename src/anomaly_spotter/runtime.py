@@ -67,8 +67,8 @@ def kernel_record(device: torch.device, precision: torch.dtype | None) -> dict[s
 
     Two fits with the same record and the same software are byte-identical; another CPU
     capability, precision or thread count gives a model that differs in its last bits, and
-    metrics that move a little (docs/reproducibility.md, "Reproducibility across machines"). ``precision`` is the autocast dtype
-    (None: float32).
+    metrics that move a little (docs/reproducibility.md, "Reproducibility across machines").
+    ``precision`` is the autocast dtype (None: float32).
 
     >>> sorted(kernel_record(torch.device("cpu"), None))
     ['cpu_capability', 'device', 'precision', 'threads', 'torch']

@@ -135,7 +135,9 @@ def image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize an (H, W[, C]) image to ``size`` x ``size`` (area filter down, linear up); masks use :func:`resize_mask`."""
+    """Resize an (H, W[, C]) image to ``size`` x ``size`` (area filter down, linear up); masks use
+    :func:`resize_mask`.
+    """
     if image.shape[0] >= size and image.shape[1] >= size:
         interpolation = cv2.INTER_AREA  # area averaging avoids aliasing when shrinking
     else:

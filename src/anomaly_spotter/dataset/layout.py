@@ -36,7 +36,8 @@ Example:
     ['/no/such/bottle: the category folder does not exist; check the path and the category name']
     >>> listing = list_category(Path("data/raw/bottle"))  # doctest: +SKIP
     >>> listing.train[0], listing.test[0].label, listing.test[0].mask  # doctest: +SKIP
-    (PosixPath('data/raw/bottle/train/good/000.png'), 1, PosixPath('data/raw/bottle/ground_truth/broken_large/000_mask.png'))
+    (PosixPath('data/raw/bottle/train/good/000.png'), 1,
+     PosixPath('data/raw/bottle/ground_truth/broken_large/000_mask.png'))
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_spotter.errors import DataError
 from anomaly_spotter.dataset.images import IMAGE_SUFFIXES, image_shape, read_mask_values
+from anomaly_spotter.errors import DataError
 
 GOOD = "good"
 MASK_SUFFIX = "_mask"
@@ -135,7 +136,8 @@ class _Scanner:
         for entry in _entries(folder):
             if entry.is_dir():
                 self.problems.append(
-                    f"{self.rel(entry)}/: unexpected sub-folder; {what} must lie directly in {self.rel(folder)}/, move or delete it"
+                    f"{self.rel(entry)}/: unexpected sub-folder; {what} must lie directly in {self.rel(folder)}/, "
+                    "move or delete it"
                 )
             elif not is_image_file(entry):
                 self.problems.append(
@@ -166,7 +168,12 @@ class _Scanner:
                     f"{entry.name}{suffix}: unexpected {kind}; a category holds only train/, test/, ground_truth/ "
                     f"and validation/, move or delete it"
                 )
-        return CategoryListing(root=root, train=tuple(self.scan_train()), test=tuple(self.scan_test()), validation=tuple(self.scan_validation()))
+        return CategoryListing(
+            root=root,
+            train=tuple(self.scan_train()),
+            test=tuple(self.scan_test()),
+            validation=tuple(self.scan_validation()),
+        )
 
     def scan_good_split(self, split: str, why: str, missing: str) -> list[Path]:
         """Images of ``<split>/good``, the only sub-folder a normal-only split may have."""
@@ -174,7 +181,8 @@ class _Scanner:
         for sub in self.subfolders(folder, f"files must be inside {split}/good/") if folder.is_dir() else []:
             if sub.name != GOOD:
                 self.problems.append(
-                    f"{split}/{sub.name}/: only {split}/good/ is used ({why}); move these images to test/{sub.name}/ or delete the folder"
+                    f"{split}/{sub.name}/: only {split}/good/ is used ({why}); "
+                    f"move these images to test/{sub.name}/ or delete the folder"
                 )
         if not (folder / GOOD).is_dir():
             self.problems.append(f"{split}/good/: folder is missing; {missing}")
@@ -182,7 +190,9 @@ class _Scanner:
         return self.leaf_images(folder / GOOD, f"{split} images")
 
     def scan_train(self) -> list[Path]:
-        return self.scan_good_split("train", "training sees defect-free images only", "put the defect-free training images there")
+        return self.scan_good_split(
+            "train", "training sees defect-free images only", "put the defect-free training images there"
+        )
 
     def scan_validation(self) -> list[Path]:
         """Images of the optional official validation split (``validation/good`` only: it is normal)."""
@@ -193,10 +203,14 @@ class _Scanner:
             self.problems.append("validation: a file where the validation/ folder belongs; delete or rename it")
             return []
         images = self.scan_good_split(
-            "validation", "the validation split is defect-free", "put the defect-free validation images there or delete validation/"
+            "validation",
+            "the validation split is defect-free",
+            "put the defect-free validation images there or delete validation/",
         )
         if not images and (folder / GOOD).is_dir():
-            self.problems.append("validation/good/: holds no images; add defect-free validation images or delete validation/")
+            self.problems.append(
+                "validation/good/: holds no images; add defect-free validation images or delete validation/"
+            )
         return images
 
     def scan_masks(self) -> dict[str, dict[str, list[Path]]] | None:
@@ -208,7 +222,10 @@ class _Scanner:
         for folder in self.subfolders(gt, "masks must be inside ground_truth/<defect type>/"):
             for mask in self.leaf_images(folder, "masks"):
                 if folder.name == GOOD:
-                    self.problems.append(f"{self.rel(mask)}: a mask for a good image; good images have no masks, delete ground_truth/good/")
+                    self.problems.append(
+                        f"{self.rel(mask)}: a mask for a good image; good images have no masks, "
+                        "delete ground_truth/good/"
+                    )
                 elif not mask.stem.endswith(MASK_SUFFIX):
                     self.problems.append(
                         f"{self.rel(mask)}: mask files must be named <image name>{MASK_SUFFIX}.png "
@@ -251,10 +268,14 @@ class _Scanner:
                         if image == same_stem[0]:  # report the clash once, not once per file
                             self.problems.append(
                                 f"{', '.join(self.rel(p) for p in same_stem)}: images share the name {image.stem!r}, "
-                                f"so their mask ground_truth/{defect}/{image.stem}{MASK_SUFFIX}.* is ambiguous; rename all but one"
+                                f"so their mask ground_truth/{defect}/{image.stem}{MASK_SUFFIX}.* is ambiguous; "
+                                "rename all but one"
                             )
                     elif len(found) > 1:
-                        self.problems.append(f"{', '.join(self.rel(p) for p in found)}: several masks for {self.rel(image)}; keep only one")
+                        self.problems.append(
+                            f"{', '.join(self.rel(p) for p in found)}: several masks for {self.rel(image)}; "
+                            "keep only one"
+                        )
                     elif found:
                         mask = found[0]
                     elif masks is not None:
@@ -271,13 +292,17 @@ class _Scanner:
         for image in unmasked:
             self.problems.append(
                 f"{self.rel(image)}: defective test image has no mask; add "
-                f"ground_truth/{image.parent.name}/{image.stem}{MASK_SUFFIX}.png (0 = good pixel, 255 = defect) or remove the image"
+                f"ground_truth/{image.parent.name}/{image.stem}{MASK_SUFFIX}.png (0 = good pixel, 255 = defect) "
+                "or remove the image"
             )
         # Whatever the test images did not claim is a mask without an image.
         for defect, stems in sorted((masks or {}).items()):
             for stem, found in sorted(stems.items()):
                 for mask in found:
-                    self.problems.append(f"{self.rel(mask)}: mask without an image (no test/{defect}/{stem}.*); delete it or add the image")
+                    self.problems.append(
+                        f"{self.rel(mask)}: mask without an image (no test/{defect}/{stem}.*); "
+                        "delete it or add the image"
+                    )
         if test.is_dir() and not items:
             self.problems.append("test/: holds no images; add test/good/ and test/<defect type>/ images")
         return sorted(items, key=lambda item: (item.defect_type, item.path.name))
@@ -321,7 +346,8 @@ def _check_test_image(item: TestImage, root: Path) -> list[str]:
     if size is not None and values.shape != size:
         problems.append(
             f"{mask_rel}: mask is {values.shape[0]}x{values.shape[1]} (height x width) but its image "
-            f"{item.path.relative_to(root).as_posix()} is {size[0]}x{size[1]}; masks must be the same size as their image"
+            f"{item.path.relative_to(root).as_posix()} is {size[0]}x{size[1]}; "
+            "masks must be the same size as their image"
         )
     # Binary means 0 plus at most one foreground value, so both 0/1 and 0/255 masks pass.
     present = _distinct(values)
@@ -329,13 +355,16 @@ def _check_test_image(item: TestImage, root: Path) -> list[str]:
     if len(foreground) > 1:
         shown = ", ".join(_shown(int(v), values.dtype) for v in present[:6]) + (", ..." if len(present) > 6 else "")
         problems.append(
-            f"{mask_rel}: mask is not binary, it holds {len(present)} distinct values ({shown}); use 0 (black) for good pixels and "
-            f"one value (255 or 1, or one colour) for defects, saved as PNG (JPEG compression and smooth resizing add in-between values)"
+            f"{mask_rel}: mask is not binary, it holds {len(present)} distinct values ({shown}); "
+            f"use 0 (black) for good pixels and "
+            f"one value (255 or 1, or one colour) for defects, saved as PNG "
+            f"(JPEG compression and smooth resizing add in-between values)"
         )
     elif not len(foreground):
         # Its defect pixels would silently count as normal in pixel AUROC and AU-PRO.
         problems.append(
-            f"{mask_rel}: mask is all zero, so the defective image {item.path.relative_to(root).as_posix()} has no defect pixels; "
+            f"{mask_rel}: mask is all zero, so the defective image {item.path.relative_to(root).as_posix()} "
+            f"has no defect pixels; "
             f"mark the defect with a non-zero value (255 or 1; in a colour or palette PNG any non-black colour) "
             f"or, if the image shows no defect, move it to test/good/ and delete the mask"
         )

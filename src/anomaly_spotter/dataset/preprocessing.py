@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_spotter.config import PreprocessConfig
-from anomaly_spotter.errors import DataError
-from anomaly_spotter.fileio import staging_dir, write_json
 from anomaly_spotter.dataset.images import read_image, read_mask, resize, resize_mask
 from anomaly_spotter.dataset.layout import list_category, validate_category
 from anomaly_spotter.dataset.processed import save_npy
+from anomaly_spotter.errors import DataError
+from anomaly_spotter.fileio import staging_dir, write_json
 
 # OpenCV releases the GIL while decoding and resizing, so threads use both cores.
 DECODE_THREADS = 2
@@ -68,9 +68,8 @@ def preprocess_category(
     ``masks`` is ``data.masks``: ``none`` accepts a category without ``ground_truth/`` (image labels only).
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    mask_mode = masks  # (``masks`` names the mask array below)
-    validate_category(raw_dir, min_train_images=max(2, min_train_images), masks=mask_mode)
-    listing = list_category(raw_dir, masks=mask_mode)
+    validate_category(raw_dir, min_train_images=max(2, min_train_images), masks=masks)
+    listing = list_category(raw_dir, masks=masks)
     size = config.image_size
     if listing.validation:
         # The dataset's own validation split: what its benchmark expects thresholds and model
@@ -87,11 +86,11 @@ def preprocess_category(
         train, _ = _load_images(train_paths, size)
         val, _ = _load_images(val_paths, size)
         test, test_sizes = _load_images(test_paths, size)
-        masks = np.zeros((len(test_paths), size, size), np.uint8)
+        test_masks = np.zeros((len(test_paths), size, size), np.uint8)
         items = []
-        for i, (item, (height, width)) in enumerate(zip(listing.test, test_sizes)):
+        for i, (item, (height, width)) in enumerate(zip(listing.test, test_sizes, strict=False)):
             if item.mask is not None:
-                masks[i] = resize_mask(read_mask(item.mask), size)  # area rule: thin defects survive
+                test_masks[i] = resize_mask(read_mask(item.mask), size)  # area rule: thin defects survive
             items.append(
                 {
                     "file": item.path.relative_to(raw_dir).as_posix(),
@@ -105,7 +104,7 @@ def preprocess_category(
         save_npy(staging / "train.npy", train)
         save_npy(staging / "val.npy", val)
         save_npy(staging / "test.npy", test)
-        save_npy(staging / "test_masks.npy", masks)
+        save_npy(staging / "test_masks.npy", test_masks)
         write_json(
             staging / "index.json",
             {
@@ -113,7 +112,7 @@ def preprocess_category(
                 "train": [p.relative_to(raw_dir).as_posix() for p in train_paths],
                 "val": [p.relative_to(raw_dir).as_posix() for p in val_paths],
                 "val_source": val_source,
-                "masks": mask_mode,
+                "masks": masks,
                 "test": items,
             },
         )

@@ -1,4 +1,5 @@
-"""MVTec LOCO AD's per-region ground truth, kept for the sPRO metric (:func:`anomaly_spotter.evaluation.metrics.au_spro`).
+"""MVTec LOCO AD's per-region ground truth, kept for the sPRO metric
+(:func:`anomaly_spotter.evaluation.metrics.au_spro`).
 
 The fetch stage (:mod:`anomaly_spotter.sources.mvtec_loco`) keeps, beside the MVTec AD layout::
 
@@ -23,9 +24,9 @@ from typing import Protocol
 
 import numpy as np
 
-from anomaly_spotter.errors import DataError
 from anomaly_spotter.dataset.images import read_mask_values
 from anomaly_spotter.dataset.layout import REGIONS
+from anomaly_spotter.errors import DataError
 
 DEFECTS_CONFIG = "defects_config.json"
 
@@ -33,8 +34,11 @@ DEFECTS_CONFIG = "defects_config.json"
 class TestFile(Protocol):
     """What :func:`read_regions` reads of a test item (``processed.TestItem`` fits)."""
 
-    file: str
-    label: int
+    @property
+    def file(self) -> str: ...
+
+    @property
+    def label(self) -> int: ...
 
 
 def saturation_area(area: int, threshold: float, relative: bool) -> float:
@@ -49,7 +53,9 @@ def saturation_area(area: int, threshold: float, relative: bool) -> float:
 def _saturations(config_path: Path) -> dict[int, tuple[float, bool]]:
     try:
         entries = json.loads(config_path.read_text(encoding="utf-8"))
-        return {int(e["pixel_value"]): (float(e["saturation_threshold"]), bool(e["relative_saturation"])) for e in entries}
+        return {
+            int(e["pixel_value"]): (float(e["saturation_threshold"]), bool(e["relative_saturation"])) for e in entries
+        }
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise DataError(
             [

@@ -65,6 +65,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,14 +73,14 @@ import torch
 from torch import nn
 
 from anomaly_spotter.config import ScoreConfig
-from anomaly_spotter.tensors import to_tensor
+from anomaly_spotter.dataset.processed import load_processed
 from anomaly_spotter.detectors import load_model
 from anomaly_spotter.detectors.autoencoder import AutoencoderUNetLite  # noqa: F401  (docstring examples)
 from anomaly_spotter.detectors.base import Detector
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.fileio import write_bytes, write_json
-from anomaly_spotter.dataset.processed import load_processed
 from anomaly_spotter.scoring import output_maps, score_images
+from anomaly_spotter.tensors import to_tensor
 
 OPSET = 17
 INPUT_NAME = "image"  # the outputs are the detector's ``onnx_outputs`` (reconstruction, if any; anomaly_map; score)
@@ -97,7 +98,10 @@ TRACE_BATCH = 2
 class ScoringGraph(nn.Module):
     """Model + anomaly map + image score in one module: what is traced into the ONNX graph.
 
-    >>> graph = ScoringGraph(AutoencoderUNetLite(base_channels=4, bottleneck_channels=8, image_size=32), ScoreConfig(ssim_window=5))
+    >>> graph = ScoringGraph(
+    ...     AutoencoderUNetLite(base_channels=4, bottleneck_channels=8, skips=(), image_size=32),
+    ...     ScoreConfig(ssim_window=5),
+    ... )
     >>> [tuple(t.shape) for t in graph(torch.zeros(2, 3, 32, 32))]
     [(2, 3, 32, 32), (2, 32, 32), (2,)]
     """
@@ -114,7 +118,7 @@ class ScoringGraph(nn.Module):
 def onnx_bytes(model: Detector, config: ScoreConfig) -> bytes:
     """Serialised ONNX graph of ``model`` plus map and score; identical bytes for identical inputs.
 
-    >>> model = AutoencoderUNetLite(base_channels=4, bottleneck_channels=8, image_size=32)
+    >>> model = AutoencoderUNetLite(base_channels=4, bottleneck_channels=8, skips=(), image_size=32)
     >>> config = ScoreConfig(ssim_window=5)
     >>> onnx_bytes(model, config) == onnx_bytes(model, config)
     True
@@ -138,7 +142,7 @@ def onnx_bytes(model: Detector, config: ScoreConfig) -> bytes:
         torch.onnx.export(
             graph,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # a binary file object works; the stub names only paths
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT_NAME],
@@ -149,7 +153,9 @@ def onnx_bytes(model: Detector, config: ScoreConfig) -> bytes:
     proto = onnx.load_from_string(buffer.getvalue())
     metadata = {
         "anomaly_spotter.image_size": str(size),
-        "anomaly_spotter.input": "RGB float32 (batch, 3, S, S) in [-1, 1]: uint8 / 127.5 - 1, resized as preprocessing does",
+        "anomaly_spotter.input": (
+            "RGB float32 (batch, 3, S, S) in [-1, 1]: uint8 / 127.5 - 1, resized as preprocessing does"
+        ),
         "anomaly_spotter.score": json.dumps(asdict(config), sort_keys=True),
     }
     for key, value in metadata.items():  # a list, not a map: the serialised order stays fixed
@@ -199,7 +205,7 @@ def compare_with_torch(model: Detector, model_bytes: bytes, images: np.ndarray, 
     detectors without one). The PyTorch maps and scores come from :func:`scoring.score_images`,
     exactly as the ``thresholds`` and ``evaluate`` stages compute them.
 
-    >>> model = AutoencoderUNetLite(base_channels=4, bottleneck_channels=8, image_size=32).eval()
+    >>> model = AutoencoderUNetLite(base_channels=4, bottleneck_channels=8, skips=(), image_size=32).eval()
     >>> config = ScoreConfig(ssim_window=5, smoothing_sigma=1.0)
     >>> diffs = compare_with_torch(model, onnx_bytes(model, config), np.zeros((3, 32, 32, 3), np.uint8), config)
     >>> diffs["onnx_max_abs_diff_map"] < 1e-4, diffs["batch_sizes_checked"]
@@ -216,16 +222,24 @@ def compare_with_torch(model: Detector, model_bytes: bytes, images: np.ndarray, 
     batch_sizes = []
     for part in _chunks(len(images), config.batch_size):
         x = to_tensor(images[part])
-        outputs = dict(zip(model.onnx_outputs, session.run(list(model.onnx_outputs), {INPUT_NAME: x.numpy()})))
+        outputs = dict(
+            zip(model.onnx_outputs, session.run(list(model.onnx_outputs), {INPUT_NAME: x.numpy()}), strict=False)
+        )
         onnx_map, onnx_score = outputs["anomaly_map"], outputs["score"]
         map_from_onnx_recon = onnx_map  # a head or distance map has no SSIM amplification: the graph's own
         if reconstructs:
             torch_output = model(x)
+            torch_recon = model.reconstruction(torch_output)
+            assert torch_recon is not None  # its onnx_outputs name a reconstruction
             onnx_recon = outputs["reconstruction"]
-            diff["reconstruction"] = max(diff["reconstruction"], _max_abs(onnx_recon, model.reconstruction(torch_output).numpy()))
+            diff["reconstruction"] = max(diff["reconstruction"], _max_abs(onnx_recon, torch_recon.numpy()))
             if model.map_kind(config.map) != "head":
                 # The same map call fed the ONNX reconstruction: isolates the exported network.
-                onnx_output = (torch.from_numpy(onnx_recon), *torch_output[1:]) if isinstance(torch_output, tuple) else torch.from_numpy(onnx_recon)
+                onnx_output = (
+                    (torch.from_numpy(onnx_recon), *torch_output[1:])
+                    if isinstance(torch_output, tuple)
+                    else torch.from_numpy(onnx_recon)
+                )
                 map_from_onnx_recon = output_maps(model, x, onnx_output, config).numpy()
         diff["map"] = max(diff["map"], _max_abs(map_from_onnx_recon, reference.maps[part]))
         diff["map_in_graph"] = max(diff["map_in_graph"], _max_abs(onnx_map, reference.maps[part]))
@@ -257,7 +271,9 @@ def graph_summary(model_bytes: bytes) -> dict[str, Any]:
     }
 
 
-def export_model(model: Detector, images: np.ndarray, config: ScoreConfig, *, source: str = "the model") -> tuple[bytes, dict[str, Any]]:
+def export_model(
+    model: Detector, images: np.ndarray, config: ScoreConfig, *, source: str = "the model"
+) -> tuple[bytes, dict[str, Any]]:
     """Export ``model`` and check it on ``images``; return the ONNX bytes and the metrics.
 
     Raises :class:`UserError` when the maps differ by more than :data:`MAX_MAP_DIFF` (maps from
@@ -303,8 +319,8 @@ def export_category(
 
     Writes nothing unless the check passes; then the ONNX file and the metrics JSON, atomically.
     """
-    model, _ = load_model(model_path)  # names the file and says `dvc repro`/`dvc pull` when missing
-    data = load_processed(data_dir)
+    model, _ = load_model(Path(model_path))  # names the file and says `dvc repro`/`dvc pull` when missing
+    data = load_processed(Path(data_dir))
     if data.image_size != model.image_size:
         raise UserError(
             f"{data_dir} holds {data.image_size}px images but {model_path} expects {model.image_size}px; "

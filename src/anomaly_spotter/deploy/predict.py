@@ -57,16 +57,16 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from anomaly_spotter.detectors.anomaly_map import resize_to
 from anomaly_spotter.cli import run, stage_parser
 from anomaly_spotter.config import ScoreConfig, load_params, parse_params
-from anomaly_spotter.errors import ConfigError, DataError, UserError
-from anomaly_spotter.fileio import write_bytes, write_text
 from anomaly_spotter.dataset.images import IMAGE_SUFFIXES, encode_float_tiff, encode_png, read_image, resize
 from anomaly_spotter.detectors import Detector, load_model
+from anomaly_spotter.detectors.anomaly_map import resize_to
+from anomaly_spotter.errors import ConfigError, DataError, UserError
+from anomaly_spotter.evaluation.thresholds import Thresholds, parse_thresholds, read_thresholds, score_record
+from anomaly_spotter.fileio import write_bytes, write_text
 from anomaly_spotter.runtime import select_device
 from anomaly_spotter.scoring import score_images
-from anomaly_spotter.evaluation.thresholds import Thresholds, parse_thresholds, read_thresholds, score_record
 
 RESULTS_NAME = "predictions.jsonl"
 # More images than this get a progress bar (on a terminal only); fewer finish before it matters.
@@ -115,7 +115,13 @@ class Prediction:
         """The ``predictions.jsonl`` object: the image's fields, or ``file`` and ``error``."""
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        row = {"file": self.file, "score": self.score, "threshold": self.threshold, "anomalous": self.anomalous, "heatmap": self.heatmap}
+        row = {
+            "file": self.file,
+            "score": self.score,
+            "threshold": self.threshold,
+            "anomalous": self.anomalous,
+            "heatmap": self.heatmap,
+        }
         return row if self.map is None else {**row, "map": self.map}
 
 
@@ -185,10 +191,14 @@ def load_detector(
             tmp_model = Path(tmp) / "model.pt"
             tmp_model.write_bytes(model_bytes)
             model, _ = load_model(tmp_model, torch_device)
-        thresholds = parse_thresholds(_read_at_rev(thresholds_path(category), rev, repo), f"{thresholds_path(category)}@{rev}", category=category)
+        thresholds = parse_thresholds(
+            _read_at_rev(thresholds_path(category), rev, repo), f"{thresholds_path(category)}@{rev}", category=category
+        )
         source = f"revision {rev}"
     thresholds.require_score(score_record(params.score, model), category=category, user="predict")
-    return ThresholdedDetector(category, model, thresholds.threshold, thresholds.strategy, params.score, source, thresholds.normal_score_min)
+    return ThresholdedDetector(
+        category, model, thresholds.threshold, thresholds.strategy, params.score, source, thresholds.normal_score_min
+    )
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -204,7 +214,9 @@ def _unique(name: str, used: set[str]) -> str:
     return candidate
 
 
-def collect_images(paths: Sequence[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None) -> list[InputImage]:
+def collect_images(
+    paths: Sequence[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None
+) -> list[InputImage]:
     """The image files named by ``paths``: files as given, folders searched recursively.
 
     Folders contribute files with a suffix in :data:`images.IMAGE_SUFFIXES` (any case), sorted;
@@ -242,7 +254,9 @@ def collect_images(paths: Sequence[str | os.PathLike[str]], *, exclude: str | os
             files = sorted(
                 p
                 for p in arg.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(arg).parts)
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(arg).parts)
             )
             for path in files:
                 add(path, (Path(label) / path.relative_to(arg).with_suffix("")).as_posix())
@@ -325,7 +339,14 @@ def predict_images(
     else:
         disable = not progress
     results: list[Prediction] = []
-    with tqdm(total=len(inputs), desc=f"predict {detector.category}", unit="img", disable=disable, leave=False, file=sys.stderr) as bar:
+    with tqdm(
+        total=len(inputs),
+        desc=f"predict {detector.category}",
+        unit="img",
+        disable=disable,
+        leave=False,
+        file=sys.stderr,
+    ) as bar:
         for batch in _batches(inputs, size):
             # Decode one batch at a time: memory stays bounded however many files are given.
             slots: list[Prediction | None] = [None] * len(batch)
@@ -340,7 +361,7 @@ def predict_images(
             if decoded:
                 resized = np.stack([resize(image, detector.image_size) for _, image in decoded])
                 scored = score_images(detector.model, resized, config)
-                for (index, image), amap, score in zip(decoded, scored.maps, scored.scores):
+                for (index, image), amap, score in zip(decoded, scored.maps, scored.scores, strict=False):
                     item = batch[index]
                     heatmap = out_dir / f"{item.name}_heatmap.png"
                     write_bytes(heatmap, encode_png(heatmap_overlay(image, amap, vmin, vmax)))
@@ -384,7 +405,9 @@ def format_table(results: Sequence[Prediction]) -> str:
         else:
             rows.append((r.file, f"{r.score:.6g}", f"{r.threshold:.6g}", "ANOMALOUS" if r.anomalous else "ok"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths)), row[3]]) for row in rows)
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=False)), row[3]]) for row in rows
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -392,10 +415,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser("Score images with a trained category model; write heatmaps and predictions.jsonl.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (searched recursively)")
     parser.add_argument("--out", help="output folder (default: predictions/<category>)")
-    parser.add_argument("--rev", help="git revision or experiment name to take the model, thresholds and params from (default: the workspace)")
+    parser.add_argument(
+        "--rev",
+        help="git revision or experiment name to take the model, thresholds and params from (default: the workspace)",
+    )
     parser.add_argument("--batch-size", type=int, help="images per batch (default: score.batch_size)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs (default: auto)")
-    parser.add_argument("--maps", action="store_true", help="also write each anomaly map at the image's size as a float32 TIFF")
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs (default: auto)"
+    )
+    parser.add_argument(
+        "--maps", action="store_true", help="also write each anomaly map at the image's size as a float32 TIFF"
+    )
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -416,7 +446,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{f', {skipped} unreadable skipped' if skipped else ''}; wrote {results_path} and the heatmaps beside it"
     )
     if not scored:
-        raise UserError(f"none of the {len(results)} file(s) could be read as an image (see the warnings above); nothing was scored")
+        raise UserError(
+            f"none of the {len(results)} file(s) could be read as an image (see the warnings above); nothing was scored"
+        )
 
 
 if __name__ == "__main__":

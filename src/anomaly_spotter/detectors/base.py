@@ -82,7 +82,10 @@ class Detector(nn.Module, ABC):
         if requested == "auto":
             return cls.map_kinds[0]
         if requested not in cls.map_kinds:
-            raise ValueError(f"score.map is {requested!r} but model.kind {cls.kind} scores with {', '.join(('auto', *cls.map_kinds))}")
+            raise ValueError(
+                f"score.map is {requested!r} but model.kind {cls.kind} scores with "
+                f"{', '.join(('auto', *cls.map_kinds))}"
+            )
         return requested
 
     # -- building and fitting -----------------------------------------------------------------
@@ -165,7 +168,9 @@ class MemoryBankDetector(Detector):
         """A few words for the train stage's summary line, e.g. ``"efficientnet_lite2 [2, 3]"``."""
 
 
-def save_model_file(path: Path, state_dict: dict[str, torch.Tensor], architecture: dict[str, Any], **extra: Any) -> None:
+def save_model_file(
+    path: Path, state_dict: dict[str, torch.Tensor], architecture: dict[str, Any], **extra: Any
+) -> None:
     """Write ``model.pt`` atomically: ``{"state_dict", "architecture", **extra}`` (``weights_only``-loadable)."""
     buffer = io.BytesIO()
     torch.save({"state_dict": state_dict, "architecture": architecture, **extra}, buffer)

@@ -62,7 +62,9 @@ def coreset_size(count: int, ratio: float) -> int:
     return max(1, min(count, math.ceil(ratio * count - 1e-9)))  # epsilon: 0.07 * 100 is 7.000000000000001
 
 
-def _greedy_indices(z: torch.Tensor, k: int, start: int, radii: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _greedy_indices(
+    z: torch.Tensor, k: int, start: int, radii: list[float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy k-center on rows of ``z`` (N, P) from row ``start``: (chosen (k,), nearest chosen (N,)).
 
     The textbook loop picks ``argmax(d)`` and then updates ``d = min(d, |z - c|)`` for all N rows:

@@ -42,14 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_spotter.detectors.anomaly_map import head_map
 from anomaly_spotter.config import LossConfig, ScoreConfig
+from anomaly_spotter.detectors.anomaly_map import head_map
 from anomaly_spotter.detectors.autoencoder import AutoencoderUNetLite, double_conv, reconstruction_map
 from anomaly_spotter.detectors.base import RECONSTRUCTING_OUTPUTS, GradientDetector
 from anomaly_spotter.detectors.losses import ReconstructionLoss
 
 if TYPE_CHECKING:
     from anomaly_spotter.config import Params
+
 
 class SegmentationHead(nn.Module):
     """Small U-Net: input concat(image, reconstruction) (N, 6, S, S) in [-1,1] -> logits (N, 1, S, S).
@@ -63,28 +64,41 @@ class SegmentationHead(nn.Module):
     def __init__(self, base_channels: int, depth: int) -> None:
         # model.head_channels and model.head_depth, validated by config: built as given.
         super().__init__()
+        self.base_channels = base_channels
         self.depth = depth
         channels = [base_channels * 2**level for level in range(depth + 1)]  # last: the bottleneck
-        self.encoders = nn.ModuleList(double_conv(6 if level == 0 else channels[level - 1], channels[level]) for level in range(depth))
+        self.encoders = nn.ModuleList(
+            double_conv(6 if level == 0 else channels[level - 1], channels[level]) for level in range(depth)
+        )
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = double_conv(channels[depth - 1], channels[depth])
         # decoders[level] takes the upsampled level + 1 features and the level's skip.
-        self.decoders = nn.ModuleList(double_conv(channels[level + 1] + channels[level], channels[level]) for level in range(depth))
+        self.decoders = nn.ModuleList(
+            double_conv(channels[level + 1] + channels[level], channels[level]) for level in range(depth)
+        )
         self.head = nn.Conv2d(channels[0], 1, 1)
 
     def check_inputs(self, image: torch.Tensor, reconstruction: torch.Tensor) -> None:
         """Raise ``ValueError`` unless both are float (N, 3, S, S) of the same shape, S >= 2**depth."""
         for name, tensor in (("image", image), ("reconstruction", reconstruction)):
             if tensor.dim() != 4:
-                raise ValueError(f"{name} must be a batch (N, 3, S, S), got rank {tensor.dim()} shape {tuple(tensor.shape)}")
+                raise ValueError(
+                    f"{name} must be a batch (N, 3, S, S), got rank {tensor.dim()} shape {tuple(tensor.shape)}"
+                )
             if tensor.shape[1] != 3:
                 raise ValueError(f"{name} must have 3 (RGB) channels, got {tensor.shape[1]}")
             if not tensor.is_floating_point():
                 raise ValueError(f"{name} must be a float tensor in [-1, 1], got {tensor.dtype}")
         if image.shape != reconstruction.shape:
-            raise ValueError(f"image and reconstruction must have the same shape, got {tuple(image.shape)} and {tuple(reconstruction.shape)}")
+            raise ValueError(
+                f"image and reconstruction must have the same shape, got {tuple(image.shape)} and "
+                f"{tuple(reconstruction.shape)}"
+            )
         if min(image.shape[2:]) < 2**self.depth:
-            raise ValueError(f"images must be at least {2**self.depth} px per side for depth {self.depth}, got {image.shape[2]}x{image.shape[3]}")
+            raise ValueError(
+                f"images must be at least {2**self.depth} px per side for depth {self.depth}, "
+                f"got {image.shape[2]}x{image.shape[3]}"
+            )
 
     def forward(self, image: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         self.check_inputs(image, reconstruction)
@@ -140,7 +154,12 @@ class SegmentationLoss(nn.Module):
         self.focal_alpha = focal_alpha
         self.dice_smooth = float(dice_smooth)
 
-    def forward(self, logits: torch.Tensor, mask: torch.Tensor, sum_over_batch: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+        sum_over_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """``logits`` (N, 1, S, S) raw; ``mask`` (N, 1, S, S) or (N, S, S) in {0, 1}.
 
         ``sum_over_batch`` turns this batch's Dice sums into the global batch's when the batch is
@@ -152,7 +171,9 @@ class SegmentationLoss(nn.Module):
         if mask.dim() == 3:
             mask = mask.unsqueeze(1)  # (N, S, S) -> (N, 1, S, S)
         if mask.shape != logits.shape:
-            raise ValueError(f"mask must be (N, 1, S, S) or (N, S, S) matching logits {tuple(logits.shape)}, got {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be (N, 1, S, S) or (N, S, S) matching logits {tuple(logits.shape)}, got {tuple(mask.shape)}"
+            )
         logits = logits.float()  # half-precision logits would overflow in exp / sums
         target = mask.to(dtype=logits.dtype, device=logits.device)
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (N, 1, S, S)
@@ -179,7 +200,13 @@ class DraemLoss(nn.Module):
         self.reconstruction = ReconstructionLoss(config)
         self.segmentation = SegmentationLoss(focal_weight=config.focal, dice_weight=config.dice)
 
-    def forward(self, output: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor, mask: torch.Tensor, sum_over_batch: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    def forward(
+        self,
+        output: tuple[torch.Tensor, torch.Tensor],
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        sum_over_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         reconstruction, logits = output
         loss, parts = self.reconstruction(reconstruction, target, mask)
         segmentation, segmentation_parts = self.segmentation(logits.float(), mask, sum_over_batch)
@@ -192,7 +219,7 @@ class DiscriminativeDetector(GradientDetector):
     ``forward(x)`` returns ``(reconstruction, logits)``: (N, 3, S, S) in [-1, 1] and the
     head's anomaly logits (N, 1, S, S) from the input and its reconstruction side by side.
 
-    >>> detector = DiscriminativeDetector(AutoencoderUNetLite(8, 16, image_size=32), SegmentationHead(4, 2))
+    >>> detector = DiscriminativeDetector(AutoencoderUNetLite(8, 16, skips=(), image_size=32), SegmentationHead(4, 2))
     >>> [tuple(t.shape) for t in detector(torch.zeros(2, 3, 32, 32))]
     [(2, 3, 32, 32), (2, 1, 32, 32)]
     """
@@ -205,7 +232,10 @@ class DiscriminativeDetector(GradientDetector):
     def param_problems(cls, params: Params) -> list[str]:
         problems = AutoencoderUNetLite.param_problems(params)
         if params.anomalies.probability <= 0:
-            problems.append("anomalies.probability: model.kind discriminative learns from synthetic anomalies; set it > 0 (e.g. 0.5)")
+            problems.append(
+                "anomalies.probability: model.kind discriminative learns from synthetic anomalies; "
+                "set it > 0 (e.g. 0.5)"
+            )
         if params.loss.focal + params.loss.dice <= 0:
             problems.append("loss: model.kind discriminative needs focal or dice > 0")
         return problems
@@ -223,17 +253,22 @@ class DiscriminativeDetector(GradientDetector):
     # -- the Detector interface -----------------------------------------------------------------
     @classmethod
     def from_params(cls, params: Params) -> DiscriminativeDetector:
-        return cls(AutoencoderUNetLite.from_params(params), SegmentationHead(params.model.head_channels, params.model.head_depth))
+        return cls(
+            AutoencoderUNetLite.from_params(params),
+            SegmentationHead(params.model.head_channels, params.model.head_depth),
+        )
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any]) -> DiscriminativeDetector:
-        return cls(AutoencoderUNetLite.from_architecture(arch), SegmentationHead(arch["head_channels"], arch["head_depth"]))
+        return cls(
+            AutoencoderUNetLite.from_architecture(arch), SegmentationHead(arch["head_channels"], arch["head_depth"])
+        )
 
     def architecture(self) -> dict[str, Any]:
         return {
             **self.reconstructor.architecture(),
             "kind": self.kind,
-            "head_channels": self.head.encoders[0][0].out_channels,
+            "head_channels": self.head.base_channels,
             "head_depth": self.head.depth,
         }
 
@@ -242,7 +277,9 @@ class DiscriminativeDetector(GradientDetector):
         """Reconstruction loss against the clean image plus focal + Dice on the pasted mask."""
         return DraemLoss(params.loss)
 
-    def anomaly_maps(self, images: torch.Tensor, output: tuple[torch.Tensor, torch.Tensor], config: ScoreConfig) -> torch.Tensor:
+    def anomaly_maps(
+        self, images: torch.Tensor, output: tuple[torch.Tensor, torch.Tensor], config: ScoreConfig
+    ) -> torch.Tensor:
         reconstruction, logits = output
         kind = self.map_kind(config.map)
         if kind == "head":

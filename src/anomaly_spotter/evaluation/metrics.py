@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage
@@ -104,7 +104,9 @@ def _above_all(s: np.ndarray) -> float:
     return float(np.nextafter(s.max(), np.inf))
 
 
-def roc_points(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *, max_points: int = MAX_CURVE_POINTS) -> dict[str, list[float]]:
+def roc_points(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *, max_points: int = MAX_CURVE_POINTS
+) -> dict[str, list[float]]:
     """ROC curve as ``{"fpr", "tpr", "threshold"}`` lists, from (0, 0) to (1, 1).
 
     Collinear points are dropped (sklearn ``drop_intermediate``); the first threshold, which
@@ -120,7 +122,9 @@ def roc_points(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.
     return _cap_points({"fpr": fpr, "tpr": tpr, "threshold": thr}, max_points)
 
 
-def pr_points(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *, max_points: int = MAX_CURVE_POINTS) -> dict[str, list[float]]:
+def pr_points(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *, max_points: int = MAX_CURVE_POINTS
+) -> dict[str, list[float]]:
     """Precision-recall curve as ``{"precision", "recall", "threshold"}`` lists (recall decreasing).
 
     sklearn's final point (precision 1, recall 0) has no threshold; it gets the next float
@@ -136,7 +140,9 @@ def pr_points(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.n
     return _cap_points({"precision": precision, "recall": recall, "threshold": thr}, max_points)
 
 
-def classification_at_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float) -> dict[str, float | int]:
+def classification_at_threshold(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float
+) -> dict[str, float | int]:
     """Confusion counts and accuracy / precision / recall / F1 when ``score >= threshold`` is anomalous.
 
     Undefined ratios are 0: precision when nothing is predicted anomalous, recall when there are
@@ -157,7 +163,16 @@ def classification_at_threshold(labels: Sequence[int] | np.ndarray, scores: Sequ
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": (tp + tn) / len(y), "precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    return {
+        "accuracy": (tp + tn) / len(y),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
 
 
 def _tie_group_ends(sorted_desc: np.ndarray) -> np.ndarray:
@@ -186,7 +201,9 @@ def f1_max(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndar
     return {"f1_max": float(f1[best]), "threshold": float(s[order][ends[best]])}
 
 
-def per_defect_auroc(labels: Sequence[int] | np.ndarray, defect_types: Sequence[str], scores: Sequence[float] | np.ndarray) -> dict[str, float]:
+def per_defect_auroc(
+    labels: Sequence[int] | np.ndarray, defect_types: Sequence[str], scores: Sequence[float] | np.ndarray
+) -> dict[str, float]:
     """Image AUROC of each defect type's images against all good images, keyed by type (sorted).
 
     Types are taken from the anomalous samples (``labels == 1``), so the good images' type name
@@ -231,7 +248,7 @@ def _pixel_pairs(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> lis
     if len(masks) == 0:
         raise MetricError("no masks and anomaly maps given")
     pairs = []
-    for i, (mask, amap) in enumerate(zip(masks, maps)):
+    for i, (mask, amap) in enumerate(zip(masks, maps, strict=False)):
         mask, amap = np.asarray(mask), np.asarray(amap)
         if mask.ndim != 2 or mask.shape != amap.shape:
             raise MetricError(f"image {i}: mask {mask.shape} and map {amap.shape} must be 2-D of the same shape")
@@ -265,7 +282,9 @@ def _normal_scores(pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     return out
 
 
-def _defect_scores(pairs: list[tuple[np.ndarray, np.ndarray]], *, region_weights: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _defect_scores(
+    pairs: list[tuple[np.ndarray, np.ndarray]], *, region_weights: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Scores (the maps' dtype) of all defect pixels and, optionally, each pixel's PRO weight (float64).
 
     A pixel of an 8-connected region of size n gets weight ``1 / (n * R)`` with R regions over
@@ -330,7 +349,9 @@ def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> floa
     return _midrank_sum(normal, defect) / (float(len(normal)) * len(defect))
 
 
-def _pro_inputs(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], fpr_limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _pro_inputs(
+    masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], fpr_limit: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """What :func:`au_pro` and :func:`pro_points` integrate: ``(defect, weights, normal, kth)``.
 
     Defect scores with their region weights, and the defect-free scores partitioned so that
@@ -396,7 +417,9 @@ def au_pro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, fpr_limit
     return float(min(max(area / fpr_limit, 0.0), 1.0))
 
 
-def pro_curve(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pro_curve(
+    masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, max_points: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The full PRO curve ``(fpr, pro)`` (float64, FPR ascending) with one vertex per distinct score.
 
     Built the direct way: sort every pixel by score (descending), accumulate each defect
@@ -431,7 +454,13 @@ def pro_curve(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, max_po
     return fpr, pro
 
 
-def pro_points(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, fpr_limit: float = 0.3, max_points: int = MAX_CURVE_POINTS) -> dict[str, list[float]]:
+def pro_points(
+    masks: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray],
+    *,
+    fpr_limit: float = 0.3,
+    max_points: int = MAX_CURVE_POINTS,
+) -> dict[str, list[float]]:
     """The PRO curve from (0, 0) up to ``fpr_limit`` as ``{"fpr", "pro"}`` lists, for a plot.
 
     Memory-light like :func:`au_pro` (no index array over all pixels, unlike :func:`pro_curve`):
@@ -511,13 +540,13 @@ def au_spro(
         raise MetricError(f"fpr_limit must be in (0, 1]; got {fpr_limit!r}")
     if not (len(maps) == len(regions) == len(good)):
         raise MetricError(f"{len(maps)} maps, {len(regions)} region lists and {len(good)} good flags must be as many")
-    normal_maps = [np.asarray(amap) for amap, is_good in zip(maps, good) if is_good]
+    normal_maps = [np.asarray(amap) for amap, is_good in zip(maps, good, strict=False) if is_good]
     if not normal_maps:
         raise MetricError("sPRO's false positive rate needs defect-free test images; there are none")
     normal = np.sort(np.concatenate([amap.ravel() for amap in normal_maps]).astype(np.float64))[::-1]  # descending
     region_scores: list[np.ndarray] = []
     saturations: list[float] = []
-    for i, (amap, image_regions) in enumerate(zip(maps, regions)):
+    for i, (amap, image_regions) in enumerate(zip(maps, regions, strict=False)):
         amap = np.asarray(amap, dtype=np.float64)
         for mask, saturation in image_regions:
             if mask.shape != amap.shape:
@@ -539,9 +568,9 @@ def au_spro(
     above = n - np.searchsorted(asc, distinct, side="right")  # normal pixels > t
     at_or_above = n - np.searchsorted(asc, distinct, side="left")  # ... >= t
 
-    def spro(side: str) -> np.ndarray:
+    def spro(side: Literal["left", "right"]) -> np.ndarray:
         total = np.zeros(len(distinct))
-        for scores, saturation in zip(region_scores, saturations):
+        for scores, saturation in zip(region_scores, saturations, strict=False):
             count = len(scores) - np.searchsorted(scores, distinct, side=side)
             total += np.minimum(count / saturation, 1.0)
         return total / len(region_scores)

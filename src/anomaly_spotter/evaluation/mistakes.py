@@ -34,8 +34,8 @@ import numpy as np
 from scipy import ndimage
 
 from anomaly_spotter.config import EvaluateConfig
-from anomaly_spotter.evaluation.gallery import GalleryRow, gallery_png
 from anomaly_spotter.dataset.processed import ProcessedCategory
+from anomaly_spotter.evaluation.gallery import GalleryRow, gallery_png
 from anomaly_spotter.evaluation.thresholds import Thresholds, false_alarm_target
 
 if TYPE_CHECKING:  # scoring imports torch; only its result type is used here
@@ -74,7 +74,7 @@ def region_overlaps(mask: np.ndarray, amap: np.ndarray, threshold: float) -> lis
     flat = regions.ravel()
     sizes = np.bincount(flat, minlength=count + 1)[1:]
     hits = np.bincount(flat, weights=(np.asarray(amap) >= threshold).ravel(), minlength=count + 1)[1:]
-    return [float(h / n) for h, n in zip(hits, sizes)]
+    return [float(h / n) for h, n in zip(hits, sizes, strict=False)]
 
 
 def per_defect_results(
@@ -115,7 +115,7 @@ def per_defect_results(
     }
     if masks is not None and maps is not None:
         overlaps: dict[str, list[float]] = {name: [] for name in names}
-        for i in np.flatnonzero(y):
+        for i in map(int, np.flatnonzero(y)):
             overlaps[str(types[i])].extend(region_overlaps(masks[i], maps[i], threshold))
         result["per_defect_pro_at_threshold"] = {
             name: float(np.mean(values)) if values else float("nan") for name, values in overlaps.items()
@@ -162,7 +162,10 @@ def comparison_selection(defect_types: Sequence[str], files: Sequence[str], per_
 
 PIXEL_SKIPPED = "skipped: data.masks is none (image labels only, no ground_truth/ masks), so nothing is known per pixel"
 VERDICTS = {
-    (1, True): "flagged (TP)", (1, False): "missed (FN)", (0, True): "false alarm (FP)", (0, False): "passed (TN)"
+    (1, True): "flagged (TP)",
+    (1, False): "missed (FN)",
+    (0, True): "false alarm (FP)",
+    (0, False): "passed (TN)",
 }
 
 
@@ -219,8 +222,14 @@ def _case_name(kind: str, rank: int, file: str) -> str:
 
 
 def mistake_files(
-    data: ProcessedCategory, scored: ScoredImages, thresholds: Thresholds, settings: EvaluateConfig, *,
-    category: str, vmin: float, vmax: float,
+    data: ProcessedCategory,
+    scored: ScoredImages,
+    thresholds: Thresholds,
+    settings: EvaluateConfig,
+    *,
+    category: str,
+    vmin: float,
+    vmax: float,
 ) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """``(plots, results)``: file name -> bytes for ``plots/<category>/`` (``mistakes.png``,
     ``selection.png``) and ``evaluation/<category>/`` (``mistakes.csv`` and one PNG per mistake in ``mistakes/``)."""
@@ -229,10 +238,14 @@ def mistake_files(
     fn, fp = mistakes(labels, scores, threshold)
     files = [item.file for item in data.test_items]
     draw = dict(threshold=threshold, vmin=vmin, vmax=vmax)
-    cases = [("fn", rank, i, f"miss #{rank}: {files[i]} score {scores[i]:.4g} < {threshold:.4g}")
-             for rank, i in enumerate(fn, 1)]
-    cases += [("fp", rank, i, f"false alarm #{rank}: {files[i]} score {scores[i]:.4g} >= {threshold:.4g}")
-              for rank, i in enumerate(fp, 1)]
+    cases = [
+        ("fn", rank, i, f"miss #{rank}: {files[i]} score {scores[i]:.4g} < {threshold:.4g}")
+        for rank, i in enumerate(fn, 1)
+    ]
+    cases += [
+        ("fp", rank, i, f"false alarm #{rank}: {files[i]} score {scores[i]:.4g} >= {threshold:.4g}")
+        for rank, i in enumerate(fp, 1)
+    ]
     results: dict[str, bytes] = {}
     lines = ["kind,rank,file,defect_type,score,threshold,image"]
     for kind, rank, i, caption in cases:
@@ -243,16 +256,22 @@ def mistake_files(
         lines.append(f"{kind},{rank},{files[i]},{defect},{scores[i]:.8g},{threshold:.8g},mistakes/{name}")
     results["mistakes.csv"] = ("\n".join(lines) + "\n").encode("utf-8")
     shown = [c for c in cases if c[1] <= settings.gallery_size]
-    title = (f"{category}: {len(fn)} missed defect(s), {len(fp)} false alarm(s) at threshold {threshold:.4g} "
-             f"({thresholds.strategy})\nworst first; showing {sum(c[0] == 'fn' for c in shown)} + "
-             f"{sum(c[0] == 'fp' for c in shown)} (evaluate.gallery_size), all in evaluation/{category}/mistakes/")
+    title = (
+        f"{category}: {len(fn)} missed defect(s), {len(fp)} false alarm(s) at threshold {threshold:.4g} "
+        f"({thresholds.strategy})\nworst first; showing {sum(c[0] == 'fn' for c in shown)} + "
+        f"{sum(c[0] == 'fp' for c in shown)} (evaluate.gallery_size), all in evaluation/{category}/mistakes/"
+    )
     rows = [_row(data, scored, i, caption, with_masks) for _, _, i, caption in shown]
     plots = {"mistakes.png": gallery_png(rows, title=title, **draw)}
     picked = comparison_selection(data.defect_types, files, settings.compare_per_type, settings.compare_seed)
     verdicts = [VERDICTS[(int(labels[i]), bool(scores[i] >= threshold))] for i in picked]
-    rows = [_row(data, scored, i, f"{files[i]} score {scores[i]:.4g}: {verdict}", with_masks)
-            for i, verdict in zip(picked, verdicts)]
-    title = (f"{category}: the same test images in every run (evaluate.compare_seed {settings.compare_seed})\n"
-             f"threshold {threshold:.4g} ({thresholds.strategy})")
+    rows = [
+        _row(data, scored, i, f"{files[i]} score {scores[i]:.4g}: {verdict}", with_masks)
+        for i, verdict in zip(picked, verdicts, strict=False)
+    ]
+    title = (
+        f"{category}: the same test images in every run (evaluate.compare_seed {settings.compare_seed})\n"
+        f"threshold {threshold:.4g} ({thresholds.strategy})"
+    )
     plots["selection.png"] = gallery_png(rows, title=title, **draw)
     return plots, results

@@ -19,10 +19,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from anomaly_spotter.sources.synthetic import DESCRIPTIONS as SYNTHETIC_DESCRIPTIONS
 from anomaly_spotter.config import load_params
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.fileio import write_text
+from anomaly_spotter.sources.synthetic import DESCRIPTIONS as SYNTHETIC_DESCRIPTIONS
 
 BEGIN = "<!-- results-table: generated from metrics/summary.json by `make readme`; do not edit by hand -->"
 END = "<!-- /results-table -->"
@@ -43,7 +43,11 @@ def results_table(summary: dict[str, dict[str, float]], categories: Sequence[str
 
     ``fpr_limit`` is the ``evaluate.pro_fpr_limit`` AU-PRO was integrated to (named in its column).
     """
-    header = "| built-in category | " + " | ".join(title.format(fpr_limit=fpr_limit) for _, title in COLUMNS) + " | test images |"
+    header = (
+        "| built-in category | "
+        + " | ".join(title.format(fpr_limit=fpr_limit) for _, title in COLUMNS)
+        + " | test images |"
+    )
     lines = [header, "|---" * (len(COLUMNS) + 2) + "|"]
     for category in categories:
         label = f"{category} ({SYNTHETIC_DESCRIPTIONS[category]})" if category in SYNTHETIC_DESCRIPTIONS else category

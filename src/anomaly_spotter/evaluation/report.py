@@ -126,16 +126,30 @@ def threshold_section(per_category: Mapping[str, Mapping[str, Any]]) -> str:
     |---|---|---|---|---|---|---|
     | a | crack | 50.0% | crack 50.0%, hole 100.0% | 2.0% | 1.0% |  |
     """
-    titles = ("category", "lowest recall", "its recall", "recall per defect type", "false alarms (test good)", "target",
-              "validation")
+    titles = (
+        "category",
+        "lowest recall",
+        "its recall",
+        "recall per defect type",
+        "false alarms (test good)",
+        "target",
+        "validation",
+    )
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     notes = []
     for cat, metrics in per_category.items():
         recall = metrics.get("per_defect_recall") or {}
         weakest = str(metrics.get("weakest_defect_type", ""))
         per_type = ", ".join(f"{name} {_share(value)}" for name, value in recall.items())
-        cells = [cat, weakest, _share(recall.get(weakest)), per_type, _share(metrics.get("false_alarm_rate")),
-                 _share(metrics.get("false_alarm_rate_target")), _share(metrics.get("false_alarm_rate_validation"))]
+        cells = [
+            cat,
+            weakest,
+            _share(recall.get(weakest)),
+            per_type,
+            _share(metrics.get("false_alarm_rate")),
+            _share(metrics.get("false_alarm_rate_target")),
+            _share(metrics.get("false_alarm_rate_validation")),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
         if isinstance(metrics.get("pixel_metrics"), str):
             notes.append(f"- {cat}: pixel metrics {metrics['pixel_metrics']}")

@@ -15,7 +15,8 @@ key                       value                                                 
 ========================  ==========================================================  =========
 
 ``<p>`` and ``<k>`` are written with Python's ``:g`` format (``99``, ``99.5``, ``1.5``), the
-same names :func:`anomaly_spotter.config.threshold_names` lists (the naming scheme lives there) for ``thresholds.strategy``.
+same names :func:`anomaly_spotter.config.threshold_names` lists (the naming scheme lives there) for
+``thresholds.strategy``.
 ``thresholds.json`` also holds, per candidate, the share of the validation images it flags
 (``validation_false_alarm_rates``), so a target false-alarm rate can be checked against it.
 
@@ -74,8 +75,12 @@ FORMAT_VERSION = 2
 _NOT_SCORE_SHAPING = frozenset({"batch_size"})
 # Where the thresholds stage takes its scores from (data.val): stated in every thresholds.json.
 # Keyed by the processed data's ``val_source`` (anomaly_spotter.dataset.processed).
-VALIDATION_SOURCE = "normal train/good images held out by preprocess (preprocess.val_fraction, preprocess.seed); never test images"
-OFFICIAL_VALIDATION_SOURCE = "the dataset's official normal validation split (validation/good), all of train/good trains; never test images"
+VALIDATION_SOURCE = (
+    "normal train/good images held out by preprocess (preprocess.val_fraction, preprocess.seed); never test images"
+)
+OFFICIAL_VALIDATION_SOURCE = (
+    "the dataset's official normal validation split (validation/good), all of train/good trains; never test images"
+)
 VALIDATION_SOURCES = {"holdout": VALIDATION_SOURCE, "official": OFFICIAL_VALIDATION_SOURCE}
 
 
@@ -111,11 +116,14 @@ def _validation_scores(val_scores: Any) -> np.ndarray:
         raise ThresholdError(f"validation scores must be a 1-D array; got shape {s.shape}")
     if len(s) < 2:
         raise ThresholdError(
-            f"thresholds need at least 2 normal validation images, got {len(s)}: raise preprocess.val_fraction or add training images"
+            f"thresholds need at least 2 normal validation images, got {len(s)}: "
+            "raise preprocess.val_fraction or add training images"
         )
     bad = int((~np.isfinite(s)).sum())
     if bad:
-        raise ThresholdError(f"{bad} of {len(s)} validation scores are NaN or infinite: the model or its anomaly maps diverged")
+        raise ThresholdError(
+            f"{bad} of {len(s)} validation scores are NaN or infinite: the model or its anomaly maps diverged"
+        )
     return s
 
 
@@ -148,7 +156,7 @@ def compute_thresholds(
         if not (math.isfinite(k) and k >= 0):
             raise ThresholdError(f"{name} must be a finite number >= 0; got {k!r}")
 
-    result = {key: float(v) for key, v in zip(keys, np.percentile(s, percentiles))}
+    result = {key: float(v) for key, v in zip(keys, np.percentile(s, percentiles), strict=False)}
     result[mean_std_key(std_k)] = float(s.mean() + std_k * s.std(ddof=1))
     q1, q3 = np.percentile(s, (25.0, 75.0))
     result[iqr_key(iqr_k)] = float(q3 + iqr_k * (q3 - q1))
@@ -205,7 +213,7 @@ def false_alarm_target(strategy: str) -> float | None:
     if not strategy.startswith("fpr_"):
         return None
     try:
-        return float(strategy[len("fpr_"):]) / 100.0
+        return float(strategy[len("fpr_") :]) / 100.0
     except ValueError:
         return None
 
@@ -213,10 +221,11 @@ def false_alarm_target(strategy: str) -> float | None:
 def select_threshold(thresholds: dict[str, float], strategy: str) -> float:
     """The threshold named ``strategy``; an unknown name lists the available ones.
 
-    >>> select_threshold({"percentile_99": 0.5}, "percentile_95")
+    >>> select_threshold({"percentile_99": 0.5}, "percentile_95")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    anomaly_spotter.evaluation.thresholds.ThresholdError: threshold strategy 'percentile_95' is not computed; available: percentile_99
+    anomaly_spotter.evaluation.thresholds.ThresholdError: threshold strategy 'percentile_95' is not computed;
+    available: percentile_99
     """
     if strategy not in thresholds:
         available = ", ".join(thresholds) or "(none)"
@@ -249,7 +258,11 @@ def score_record(config: ScoreConfig, model: ScoringModel) -> dict[str, Any]:
 
 
 def threshold_report(
-    val_scores: np.ndarray | Iterable[float], settings: ThresholdSettings, score: Mapping[str, Any], *, val_source: str = "holdout"
+    val_scores: np.ndarray | Iterable[float],
+    settings: ThresholdSettings,
+    score: Mapping[str, Any],
+    *,
+    val_source: str = "holdout",
 ) -> dict[str, Any]:
     """Everything the ``thresholds`` stage writes: the chosen threshold, all candidates, the
     :func:`score_record` ``score`` of the params that produced the scores, and where and what the
@@ -292,7 +305,11 @@ def threshold_report(
 
 
 def _rerun(category: str | None) -> str:
-    return f"`dvc repro thresholds@{category}`" if category else "`dvc repro thresholds` (`thresholds@<category>` for one category)"
+    return (
+        f"`dvc repro thresholds@{category}`"
+        if category
+        else "`dvc repro thresholds` (`thresholds@<category>` for one category)"
+    )
 
 
 @dataclass(frozen=True)
@@ -320,23 +337,31 @@ class Thresholds:
 
         The message names the file, every differing key with both values and what to run.
 
-        >>> t = parse_thresholds(threshold_report([0.1, 0.3], ThresholdsConfig(), {"map": "ssim", "smoothing_sigma": 4.0}), "t.json")
-        >>> t.require_score({"map": "ssim", "smoothing_sigma": 2.0}, category="weave")
+        >>> t = parse_thresholds(
+        ...     threshold_report([0.1, 0.3], ThresholdsConfig(), {"map": "ssim", "smoothing_sigma": 4.0}), "t.json"
+        ... )
+        >>> t.require_score({"map": "ssim", "smoothing_sigma": 2.0}, category="weave")  # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        anomaly_spotter.evaluation.thresholds.ThresholdsMismatchError: t.json was computed with other score params than evaluate uses now: smoothing_sigma is 4.0 in t.json but 2.0 now; its threshold does not apply to these scores. Run `dvc repro thresholds@weave` to recompute it (or restore the params it records)
+        anomaly_spotter.evaluation.thresholds.ThresholdsMismatchError: t.json was computed with other score params
+        than evaluate uses now: smoothing_sigma is 4.0 in t.json but 2.0 now; its threshold does not apply to these
+        scores. Run `dvc repro thresholds@weave` to recompute it (or restore the params it records)
         """
         missing = object()
         keys = sorted(set(self.score) | set(current))
         differences = [
-            f"{key} is {_shown(self.score.get(key, missing))} in {self.where} but {_shown(current.get(key, missing))} now"
+            (
+                f"{key} is {_shown(self.score.get(key, missing))} in {self.where} "
+                f"but {_shown(current.get(key, missing))} now"
+            )
             for key in keys
             if self.score.get(key, missing) != current.get(key, missing)
         ]
         if differences:
             raise ThresholdsMismatchError(
                 f"{self.where} was computed with other score params than {user} uses now: {'; '.join(differences)}; "
-                f"its threshold does not apply to these scores. Run {_rerun(category)} to recompute it (or restore the params it records)"
+                f"its threshold does not apply to these scores. Run {_rerun(category)} to recompute it "
+                "(or restore the params it records)"
             )
 
 
@@ -351,10 +376,14 @@ def parse_thresholds(data: Mapping[str, Any] | str | bytes, where: str, *, categ
     thresholds file, is a :class:`ThresholdsMismatchError` / :class:`ThresholdError` that says
     what to re-run, never a ``KeyError``.
 
-    >>> parse_thresholds('{"strategy": "percentile_99", "threshold": 0.5, "thresholds": {"percentile_99": 0.5}}', "old.json")
+    >>> parse_thresholds(  # doctest: +NORMALIZE_WHITESPACE
+    ...     '{"strategy": "percentile_99", "threshold": 0.5, "thresholds": {"percentile_99": 0.5}}', "old.json"
+    ... )
     Traceback (most recent call last):
     ...
-    anomaly_spotter.evaluation.thresholds.ThresholdsMismatchError: old.json does not record the score params its threshold was computed with (it predates that record), so it cannot be checked against the params used now. Run `dvc repro thresholds` (`thresholds@<category>` for one category) to rewrite it
+    anomaly_spotter.evaluation.thresholds.ThresholdsMismatchError: old.json does not record the score params its
+    threshold was computed with (it predates that record), so it cannot be checked against the params used now.
+    Run `dvc repro thresholds` (`thresholds@<category>` for one category) to rewrite it
     """
     rerun = _rerun(category)
     try:

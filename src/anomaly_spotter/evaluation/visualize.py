@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import matplotlib
 
@@ -53,7 +54,7 @@ def heatmap_grid_png(
     default top-k-mean image score, that is where the image's score comes from.
     """
     with_reconstruction = any(row.reconstruction is not None for row in rows)
-    columns = ("input", "reconstruction", "anomaly map", f"map >= {pixel_threshold:.3g}", mask_title)
+    columns: tuple[str, ...] = ("input", "reconstruction", "anomaly map", f"map >= {pixel_threshold:.3g}", mask_title)
     if not with_reconstruction:
         columns = tuple(c for c in columns if c != "reconstruction")
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.0 * len(columns), 2.0 * len(rows)), squeeze=False)
@@ -86,8 +87,10 @@ def score_histogram_png(good: np.ndarray, defective: np.ndarray, *, threshold: f
     fig, ax = plt.subplots(figsize=(6, 3.5))
     both = np.concatenate([good, defective])
     bins = np.linspace(float(both.min()), float(both.max()) + 1e-12, 31)
-    ax.hist(good, bins=bins, alpha=0.6, label=f"good ({len(good)})", color="tab:green")
-    ax.hist(defective, bins=bins, alpha=0.6, label=f"defective ({len(defective)})", color="tab:red")
+    ax.hist(good, bins=cast(Sequence[float], bins), alpha=0.6, label=f"good ({len(good)})", color="tab:green")
+    ax.hist(
+        defective, bins=cast(Sequence[float], bins), alpha=0.6, label=f"defective ({len(defective)})", color="tab:red"
+    )
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
     ax.set_xlabel("image anomaly score")
     ax.set_ylabel("test images")

@@ -18,7 +18,9 @@ The downloaded sources (``mvtec`` with its whole archive, ``mvtec_loco``, ``mvte
   in. Everything happens in a staging folder beside ``dest``: a failure leaves ``dest`` as it was.
 
 Example:
-    >>> spec = DatasetArchive("Example", "https://example.org/share/", "v1/example.tar.xz", "sha256", "ab" * 32, "1 GB", "CC BY 4.0")
+    >>> spec = DatasetArchive(
+    ...     "Example", "https://example.org/share/", "v1/example.tar.xz", "sha256", "ab" * 32, "1 GB", "CC BY 4.0"
+    ... )
     >>> spec.name, spec.url("https://mirror.example.org/x/")
     ('example.tar.xz', 'https://mirror.example.org/x/v1/example.tar.xz')
 """
@@ -36,11 +38,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from anomaly_spotter.sources.download import download, file_digest, safe_extract
-from anomaly_spotter.errors import DataError, FetchError, UserError, did_you_mean
-from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
 from anomaly_spotter.dataset.images import encode_png, read_mask
 from anomaly_spotter.dataset.layout import TOP_LEVEL, is_ignored, validate_category
+from anomaly_spotter.errors import DataError, FetchError, UserError, did_you_mean
+from anomaly_spotter.fileio import staging_dir, write_bytes, write_json
+from anomaly_spotter.sources.download import download, file_digest, safe_extract
 from anomaly_spotter.sources.source import Source
 
 if TYPE_CHECKING:
@@ -79,7 +81,9 @@ def _stamp(path: Path, spec: DatasetArchive) -> dict[str, object]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, spec.algorithm: spec.checksum}
 
 
-def verify_archive(path: str | os.PathLike[str], spec: DatasetArchive, *, cache_dir: str | os.PathLike[str], progress: bool = True) -> None:
+def verify_archive(
+    path: str | os.PathLike[str], spec: DatasetArchive, *, cache_dir: str | os.PathLike[str], progress: bool = True
+) -> None:
     """Check ``path`` against ``spec``'s published checksum, or raise :class:`FetchError`.
 
     A success is remembered in ``cache_dir`` (see the module docstring); the user's file is
@@ -97,17 +101,27 @@ def verify_archive(path: str | os.PathLike[str], spec: DatasetArchive, *, cache_
     if actual != spec.checksum:
         label = spec.algorithm.upper().replace("SHA", "SHA-")
         raise FetchError(
-            f"{path}: {label} is {actual} but the published {spec.dataset} archive {spec.name} has {spec.checksum}; the file is "
-            f"incomplete, damaged or another version. Download {spec.name} again (or delete it from {cache_dir} to let the "
+            f"{path}: {label} is {actual} but the published {spec.dataset} archive {spec.name} has "
+            f"{spec.checksum}; the file is incomplete, damaged or another version. Download {spec.name} again "
+            f"(or delete it from {cache_dir} to let the "
             f"fetch stage download it), or point data.archive at a good copy"
         )
     write_json(marker, stamp)
 
 
-def download_with_advice(url: str, path: Path, *, what: str, share: str, progress: bool, **checksum: str) -> Path:
+def download_with_advice(
+    url: str,
+    path: Path,
+    *,
+    what: str,
+    share: str,
+    progress: bool,
+    expected_sha256: str | None = None,
+    expected_md5: str | None = None,
+) -> Path:
     """:func:`anomaly_spotter.sources.download.download`, whose errors also say how to fetch without that server."""
     try:
-        return download(url, path, progress=progress, **checksum)
+        return download(url, path, progress=progress, expected_sha256=expected_sha256, expected_md5=expected_md5)
     except FetchError as exc:
         raise FetchError(
             f"{exc}\nTo fetch without this server, download {what} yourself and set data.archive to it, "
@@ -132,14 +146,24 @@ def obtain_archive(
     if archive is not None:
         path = Path(archive).expanduser()
         if not path.is_file():
-            raise FetchError(f"{path}: archive not found (data.archive); check the path, or set data.archive to '' to download")
+            raise FetchError(
+                f"{path}: archive not found (data.archive); check the path, or set data.archive to '' to download"
+            )
         verify_archive(path, spec, cache_dir=cache_dir, progress=progress)
         return path, str(path)
     url = spec.url(mirror)
     path = cache_dir / spec.name
     if not path.is_file():
-        checksum = {"expected_md5" if spec.algorithm == "md5" else "expected_sha256": spec.checksum}
-        download_with_advice(url, path, what=f"{spec.name} ({spec.size})", share=spec.dataset, progress=progress, **checksum)
+        md5 = spec.algorithm == "md5"  # MVTec 3D-AD publishes only an MD5
+        download_with_advice(
+            url,
+            path,
+            what=f"{spec.name} ({spec.size})",
+            share=spec.dataset,
+            progress=progress,
+            expected_sha256=None if md5 else spec.checksum,
+            expected_md5=spec.checksum if md5 else None,
+        )
         write_json(_verified_marker(path, cache_dir), _stamp(path, spec))  # just checked by download()
     verify_archive(path, spec, cache_dir=cache_dir, progress=progress)
     return path, url
@@ -153,7 +177,9 @@ class _Selection:
     categories (matched at the same two depths, since they may come before the category).
     """
 
-    def __init__(self, category: str, extras: Iterable[str], skip: Callable[[str], bool] | None, reserved: Iterable[str]) -> None:
+    def __init__(
+        self, category: str, extras: Iterable[str], skip: Callable[[str], bool] | None, reserved: Iterable[str]
+    ) -> None:
         self.category = category
         self.extras = tuple(extras)
         self.skip = skip
@@ -268,7 +294,8 @@ def fetch_dataset_category(
     min_train_images: int,
     progress: bool = True,
 ) -> None:
-    """Write ``category`` of ``dataset`` to ``dest`` in MVTec AD layout: :func:`obtain_archive`, then :func:`extract_category`.
+    """Write ``category`` of ``dataset`` to ``dest`` in MVTec AD layout: :func:`obtain_archive`, then
+    :func:`extract_category`.
 
     Raises :class:`UserError` for an unknown category (before any download),
     :class:`FetchError` for download, checksum and archive problems and :class:`DataError`
@@ -276,7 +303,8 @@ def fetch_dataset_category(
     """
     if category not in dataset.categories:
         raise UserError(
-            f"data.categories: {category!r} is not a {dataset.source} category{did_you_mean(category, dataset.categories)}; "
+            f"data.categories: {category!r} is not a {dataset.source} "
+            f"category{did_you_mean(category, dataset.categories)}; "
             f"valid: {', '.join(dataset.categories)}"
         )
     spec = dataset.archive
@@ -307,7 +335,8 @@ def write_union_mask(masks: Iterable[Path], target: Path) -> None:
             raise DataError(
                 [
                     f"{mask}: mask is {values.shape[0]}x{values.shape[1]} but the other masks of its image are "
-                    f"{union.shape[0]}x{union.shape[1]}; the archive is damaged or not the expected one, download it again"
+                    f"{union.shape[0]}x{union.shape[1]}; the archive is damaged or not the expected one, "
+                    "download it again"
                 ]
             )
         union = values if union is None else union | values

@@ -114,7 +114,16 @@ def file_digest(path: str | os.PathLike[str], algorithm: str, *, progress: bool 
 
 
 def _bar(total: int | None, initial: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled, leave=False)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not enabled,
+        leave=False,
+    )
 
 
 def _connection_class(base: type[http.client.HTTPConnection], read_timeout: float) -> type[http.client.HTTPConnection]:
@@ -210,7 +219,9 @@ class _Transfer:
             return  # a 416 for a file that is already complete
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, ssl.SSLCertVerificationError):
-                raise FetchError(f"{self.url}: the server's TLS certificate is not trusted ({exc.reason}); check the URL") from exc
+                raise FetchError(
+                    f"{self.url}: the server's TLS certificate is not trusted ({exc.reason}); check the URL"
+                ) from exc
             raise _TransientError(f"cannot connect ({exc.reason})") from exc
         except (http.client.HTTPException, OSError) as exc:  # timeouts, resets before the headers
             raise _TransientError(f"connection failed ({exc!r})") from exc
@@ -227,7 +238,9 @@ class _Transfer:
         if exc.code >= 500 or exc.code in RETRY_STATUS:
             raise _TransientError(f"HTTP {exc.code} {exc.reason}", _retry_after(exc.headers))
         self.part.unlink(missing_ok=True)
-        raise FetchError(f"{self.url}: the server answered HTTP {exc.code} {exc.reason}; check the URL (or mirror) and try again")
+        raise FetchError(
+            f"{self.url}: the server answered HTTP {exc.code} {exc.reason}; check the URL (or mirror) and try again"
+        )
 
     def _receive(self, response: http.client.HTTPResponse, offset: int) -> None:
         content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -249,7 +262,10 @@ class _Transfer:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             mode = "wb"
-        with open(self.part, mode) as out, _bar(total, offset, self.part.name[: -len(PART_SUFFIX)], self.progress) as bar:
+        with (
+            open(self.part, mode) as out,
+            _bar(total, offset, self.part.name[: -len(PART_SUFFIX)], self.progress) as bar,
+        ):
             first = mode == "wb"
             while True:
                 try:
@@ -325,7 +341,8 @@ def download(
             failures += 1
             if failures > retries:
                 kept = (
-                    f"; the {transfer.size()} bytes received so far are kept in {transfer.part} and the next run resumes from there"
+                    f"; the {transfer.size()} bytes received so far are kept in {transfer.part} "
+                    "and the next run resumes from there"
                     if transfer.size()
                     else ""
                 )
@@ -333,9 +350,13 @@ def download(
                     f"could not download {url}: {exc} (gave up after {failures} failed attempts in a row){kept}. "
                     f"Check the network connection and run again"
                 ) from exc
-            wait = exc.retry_after if exc.retry_after is not None else min(backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S)
+            wait = (
+                exc.retry_after if exc.retry_after is not None else min(backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S)
+            )
             if progress:
-                tqdm.write(f"download of {url}: {exc}; retrying in {wait:.1f} s ({failures}/{retries})", file=sys.stderr)
+                tqdm.write(
+                    f"download of {url}: {exc}; retrying in {wait:.1f} s ({failures}/{retries})", file=sys.stderr
+                )
             time.sleep(wait)
     if expected is not None:
         actual = file_digest(transfer.part, algorithm, progress=progress)
@@ -415,13 +436,15 @@ def _guarded(members: Iterator[_Member], archive: Path) -> Iterator[_Member]:
 
 def _damaged(archive: Path, exc: BaseException) -> FetchError:
     return FetchError(
-        f"{archive}: cannot read the archive ({exc}); it is damaged, truncated or not a tar/zip file. Delete it and download it again"
+        f"{archive}: cannot read the archive ({exc}); it is damaged, truncated or not a tar/zip file. "
+        "Delete it and download it again"
     )
 
 
 def _unsafe(archive: Path, name: str, why: str) -> FetchError:
     return FetchError(
-        f"{archive}: refusing to extract member {name!r}: {why}. The archive is unsafe or not the expected one; nothing was extracted"
+        f"{archive}: refusing to extract member {name!r}: {why}. "
+        "The archive is unsafe or not the expected one; nothing was extracted"
     )
 
 
@@ -544,5 +567,7 @@ def safe_extract(
         for link in links:
             if not _is_inside(os.path.realpath(link), real_root):
                 raise _unsafe(
-                    archive, link.relative_to(root).as_posix(), f"its link target {os.readlink(link)!r} leads out of the destination"
+                    archive,
+                    link.relative_to(root).as_posix(),
+                    f"its link target {os.readlink(link)!r} leads out of the destination",
                 )

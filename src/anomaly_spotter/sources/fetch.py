@@ -47,19 +47,27 @@ SOURCES: dict[str, Source] = {
 }
 
 # The benchmarks published as one whole-dataset archive, read by anomaly_spotter.sources.archives.
-ARCHIVE_DATASETS: dict[str, Dataset] = {module.DATASET.source: module.DATASET for module in (mvtec_loco, mvtec_3d, mvtec_ad2, visa)}
+ARCHIVE_DATASETS: dict[str, Dataset] = {
+    module.DATASET.source: module.DATASET for module in (mvtec_loco, mvtec_3d, mvtec_ad2, visa)
+}
 
 
 def data_problems(config: DataConfig) -> list[str]:
     """What is wrong with ``data.source`` and ``data.categories`` for the registered sources (empty: nothing)."""
     source = SOURCES.get(config.source)
     if source is None:
-        return [f"data.source: {config.source!r} is not one of {', '.join(SOURCES)}{did_you_mean(config.source, tuple(SOURCES))}"]
+        return [
+            f"data.source: {config.source!r} is not one of "
+            f"{', '.join(SOURCES)}{did_you_mean(config.source, tuple(SOURCES))}"
+        ]
     known = source.categories
     if known is None:
         return []  # the folder source: its categories are checked when fetching
     return [
-        f"data.categories: {name!r} is not a {config.source} category{did_you_mean(name, known)}; valid: {', '.join(known)}"
+        (
+            f"data.categories: {name!r} is not a {config.source} category{did_you_mean(name, known)}; "
+            f"valid: {', '.join(known)}"
+        )
         for name in config.categories
         if name not in known
     ]

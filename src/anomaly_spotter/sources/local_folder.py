@@ -7,7 +7,9 @@ OS clutter are not copied. The copy is built beside ``dest`` and swapped in at t
 failure or Ctrl-C never leaves a half-copied category.
 
 Example:
-    >>> import_folder_category(Path("/data/my_parts/bracket"), Path("data/raw/bracket"), min_train_images=4)  # doctest: +SKIP
+    >>> import_folder_category(  # doctest: +SKIP
+    ...     Path("/data/my_parts/bracket"), Path("data/raw/bracket"), min_train_images=4
+    ... )
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from anomaly_spotter.dataset.layout import list_category, validate_category
 from anomaly_spotter.errors import UserError
 from anomaly_spotter.fileio import staging_dir
-from anomaly_spotter.dataset.layout import list_category, validate_category
 from anomaly_spotter.sources.source import Source
 
 if TYPE_CHECKING:
@@ -30,7 +32,8 @@ def import_folder_category(
 ) -> None:
     """Validate ``source_dir`` and copy its ``train/``, ``test/`` and ``ground_truth/`` images to ``dest``.
 
-    ``masks`` is ``data.masks`` (``none``: image labels only, no ``ground_truth/``; see :mod:`anomaly_spotter.dataset.layout`).
+    ``masks`` is ``data.masks`` (``none``: image labels only, no ``ground_truth/``; see
+    :mod:`anomaly_spotter.dataset.layout`).
 
     Raises :class:`~anomaly_spotter.errors.DataError` listing every problem of the source
     (``dest`` is then left as it was).
@@ -49,8 +52,12 @@ def import_folder_category(
 
 def _fetch(category: str, dest: Path, config: DataConfig) -> None:
     if not config.root:
-        raise UserError("data.source is 'folder' but data.root is empty; set it to the folder holding <category>/ sub-folders")
-    import_folder_category(Path(config.root) / category, dest, min_train_images=config.min_train_images, masks=config.masks)
+        raise UserError(
+            "data.source is 'folder' but data.root is empty; set it to the folder holding <category>/ sub-folders"
+        )
+    import_folder_category(
+        Path(config.root) / category, dest, min_train_images=config.min_train_images, masks=config.masks
+    )
 
 
 SOURCE = Source("folder", None, _fetch)

@@ -33,8 +33,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anomaly_spotter.sources.archives import DatasetArchive, download_with_advice, extract_category, move_layout_folders, obtain_archive
 from anomaly_spotter.errors import FetchError, UserError, did_you_mean
+from anomaly_spotter.sources.archives import (
+    DatasetArchive,
+    download_with_advice,
+    extract_category,
+    move_layout_folders,
+    obtain_archive,
+)
 from anomaly_spotter.sources.source import Source
 
 if TYPE_CHECKING:
@@ -61,7 +67,9 @@ CATEGORIES: tuple[str, ...] = (
 
 
 BASE_URL = "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
-PILL_BASE_URL = "https://www.mydrive.ch/shares/43421/11a215a5749fcfb75e331ddd5f8e43ee/download/"  # pill lives on another share
+PILL_BASE_URL = (
+    "https://www.mydrive.ch/shares/43421/11a215a5749fcfb75e331ddd5f8e43ee/download/"  # pill lives on another share
+)
 
 # Path of each archive under its share's base URL.
 CATEGORY_PATHS: dict[str, str] = {
@@ -100,10 +108,11 @@ LICENSE = WHOLE_ARCHIVE.licence
 def check_category_names(names: Iterable[str]) -> None:
     """Raise :class:`UserError` naming every unknown category, the closest valid name and all valid names.
 
-    >>> check_category_names(["bottle", "botle"])  # doctest: +ELLIPSIS
+    >>> check_category_names(["bottle", "botle"])  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    anomaly_spotter.errors.UserError: data.categories: unknown MVTec AD category 'botle' (did you mean 'bottle'?); valid names: ...
+    anomaly_spotter.errors.UserError: data.categories: unknown MVTec AD category 'botle' (did you mean 'bottle'?);
+    valid names: ...
     """
     unknown = []
     for name in names:
@@ -111,7 +120,9 @@ def check_category_names(names: Iterable[str]) -> None:
             unknown.append(f"{name!r}{did_you_mean(name, CATEGORIES)}")
     if unknown:
         plural = "categories" if len(unknown) > 1 else "category"
-        raise UserError(f"data.categories: unknown MVTec AD {plural} {', '.join(unknown)}; valid names: {', '.join(CATEGORIES)}")
+        raise UserError(
+            f"data.categories: unknown MVTec AD {plural} {', '.join(unknown)}; valid names: {', '.join(CATEGORIES)}"
+        )
 
 
 def _url(base: str, path: str, mirror: str | None) -> str:
@@ -159,20 +170,28 @@ def fetch_mvtec_category(
     unknown category, :class:`FetchError` for download, checksum and archive problems and
     :class:`DataError` when the extracted category fails validation.
 
-    >>> fetch_mvtec_category("bottle", "data/raw/bottle", archive="bottle.tar.xz", cache_dir=".cache/downloads")  # doctest: +SKIP
+    >>> fetch_mvtec_category(  # doctest: +SKIP
+    ...     "bottle", "data/raw/bottle", archive="bottle.tar.xz", cache_dir=".cache/downloads"
+    ... )
     """
     check_category_names([category])
     dest, cache_dir = Path(dest), Path(cache_dir)
     if (archive is not None and is_whole_archive(archive)) or (archive is None and whole_archive):
-        path, source = obtain_archive(WHOLE_ARCHIVE, archive=archive, mirror=mirror, cache_dir=cache_dir, progress=progress)
+        path, source = obtain_archive(
+            WHOLE_ARCHIVE, archive=archive, mirror=mirror, cache_dir=cache_dir, progress=progress
+        )
     elif archive is not None:
         path = Path(archive).expanduser()
         if not path.is_file():
-            raise FetchError(f"{path}: archive not found (data.archive); check the path, or set data.archive to '' to download")
+            raise FetchError(
+                f"{path}: archive not found (data.archive); check the path, or set data.archive to '' to download"
+            )
         source = str(path)
     else:
         source = category_url(category, mirror)
-        path = download_with_advice(source, cache_dir / f"{category}.tar.xz", what=f"{category}.tar.xz", share="MVTec AD", progress=progress)
+        path = download_with_advice(
+            source, cache_dir / f"{category}.tar.xz", what=f"{category}.tar.xz", share="MVTec AD", progress=progress
+        )
     extract_category(
         path,
         category,

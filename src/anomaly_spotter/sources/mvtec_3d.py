@@ -17,11 +17,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anomaly_spotter.sources.archives import Dataset, DatasetArchive, archive_source, move_files, visible_folders, write_union_mask
 from anomaly_spotter.dataset.layout import GOOD, MASK_SUFFIX
+from anomaly_spotter.sources.archives import (
+    Dataset,
+    DatasetArchive,
+    archive_source,
+    move_files,
+    visible_folders,
+    write_union_mask,
+)
 
 # Its categories (shared/reference/datasets.md).
-CATEGORIES: tuple[str, ...] = ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire")
+CATEGORIES: tuple[str, ...] = (
+    "bagel",
+    "cable_gland",
+    "carrot",
+    "cookie",
+    "dowel",
+    "foam",
+    "peach",
+    "potato",
+    "rope",
+    "tire",
+)
 
 ARCHIVE = DatasetArchive(
     dataset="MVTec 3D-AD",
@@ -37,7 +55,11 @@ ARCHIVE = DatasetArchive(
 def is_point_cloud(relative: str) -> bool:
     """True for members in or under an ``xyz`` folder (paths relative to the category): never extracted.
 
-    >>> is_point_cloud("train/good/xyz/000.tiff"), is_point_cloud("train/good/xyz"), is_point_cloud("train/good/rgb/000.png")
+    >>> (
+    ...     is_point_cloud("train/good/xyz/000.tiff"),
+    ...     is_point_cloud("train/good/xyz"),
+    ...     is_point_cloud("train/good/rgb/000.png"),
+    ... )
     (True, True, False)
     """
     return "xyz" in relative.split("/")

@@ -17,8 +17,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anomaly_spotter.sources.archives import Dataset, DatasetArchive, archive_source, move_files, visible_files, visible_folders, write_union_mask
 from anomaly_spotter.dataset.layout import GOOD
+from anomaly_spotter.sources.archives import (
+    Dataset,
+    DatasetArchive,
+    archive_source,
+    move_files,
+    visible_files,
+    visible_folders,
+    write_union_mask,
+)
 
 # Its categories (shared/reference/datasets.md).
 CATEGORIES: tuple[str, ...] = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts")
@@ -40,7 +48,11 @@ GROUND_TRUTH = "ground_truth"
 def is_private(relative: str) -> bool:
     """True for members of the private test splits (paths relative to the category): never extracted.
 
-    >>> is_private("test_private/000_regular.png"), is_private("test_private_mixed"), is_private("test_public/bad/0.png")
+    >>> (
+    ...     is_private("test_private/000_regular.png"),
+    ...     is_private("test_private_mixed"),
+    ...     is_private("test_public/bad/0.png"),
+    ... )
     (True, True, False)
     """
     return relative.split("/")[0].startswith("test_private")

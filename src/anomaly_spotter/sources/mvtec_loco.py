@@ -21,10 +21,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from anomaly_spotter.sources.archives import Dataset, DatasetArchive, archive_source, move_files, visible_files, visible_folders, write_union_mask
-from anomaly_spotter.errors import DataError
 from anomaly_spotter.dataset.layout import GOOD, MASK_SUFFIX, REGIONS
 from anomaly_spotter.dataset.regions import DEFECTS_CONFIG
+from anomaly_spotter.errors import DataError
+from anomaly_spotter.sources.archives import (
+    Dataset,
+    DatasetArchive,
+    archive_source,
+    move_files,
+    visible_files,
+    visible_folders,
+    write_union_mask,
+)
 
 # Its categories (shared/reference/datasets.md).
 CATEGORIES: tuple[str, ...] = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
@@ -50,12 +58,22 @@ def to_layout(root: Path, staging: Path) -> None:
         for image_folder in visible_folders(family):
             masks = visible_files(image_folder)
             if not masks:
-                raise DataError([f"ground_truth/{family.name}/{image_folder.name}/: holds no mask images; the archive is damaged, download it again"])
+                raise DataError(
+                    [
+                        f"ground_truth/{family.name}/{image_folder.name}/: holds no mask images; "
+                        "the archive is damaged, download it again"
+                    ]
+                )
             write_union_mask(masks, staging / "ground_truth" / family.name / f"{image_folder.name}{MASK_SUFFIX}.png")
             move_files(image_folder, staging / REGIONS / family.name / image_folder.name)
     config = root / DEFECTS_CONFIG
     if not config.is_file():
-        raise DataError([f"{DEFECTS_CONFIG}: missing beside the category's folders; the archive is damaged or not LOCO's, download it again"])
+        raise DataError(
+            [
+                f"{DEFECTS_CONFIG}: missing beside the category's folders; "
+                "the archive is damaged or not LOCO's, download it again"
+            ]
+        )
     (staging / REGIONS).mkdir(exist_ok=True)
     os.replace(config, staging / REGIONS / DEFECTS_CONFIG)
 

@@ -24,14 +24,14 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from anomaly_spotter.fileio import staging_dir, write_bytes
 from anomaly_spotter.dataset.images import encode_png
+from anomaly_spotter.fileio import staging_dir, write_bytes
 from anomaly_spotter.sources.source import Source
 
 if TYPE_CHECKING:
@@ -124,7 +124,9 @@ def _random_point(rng: np.random.Generator, support: np.ndarray) -> tuple[int, i
     return int(ys[i]), int(xs[i])
 
 
-def _polyline_mask(rng: np.random.Generator, support: np.ndarray, *, length: float, width: int, wiggle: float) -> np.ndarray:
+def _polyline_mask(
+    rng: np.random.Generator, support: np.ndarray, *, length: float, width: int, wiggle: float
+) -> np.ndarray:
     size = support.shape[0]
     y, x = _random_point(rng, support)
     angle = rng.uniform(0, 2 * np.pi)
@@ -258,14 +260,19 @@ def generate_category(category: str, dest: str | Path, config: SyntheticConfig) 
 
     with staging_dir(dest) as root:
         for i in range(config.train_good):
-            save(root / "train" / "good" / f"{i:03d}.png", render_sample(category, "good", index=i, config=config, split="train").image)
+            save(
+                root / "train" / "good" / f"{i:03d}.png",
+                render_sample(category, "good", index=i, config=config, split="train").image,
+            )
         for i in range(config.test_good):
             save(root / "test" / "good" / f"{i:03d}.png", render_sample(category, "good", index=i, config=config).image)
         for defect in DEFECTS[category]:
             for i in range(config.test_defect_per_type):
                 sample = render_sample(category, defect, index=i, config=config)
                 save(root / "test" / defect / f"{i:03d}.png", sample.image)
-                write_bytes(root / "ground_truth" / defect / f"{i:03d}_mask.png", encode_png(sample.mask.astype(np.uint8) * 255))
+                write_bytes(
+                    root / "ground_truth" / defect / f"{i:03d}_mask.png", encode_png(sample.mask.astype(np.uint8) * 255)
+                )
 
 
 def _fetch(category: str, dest: Path, config: DataConfig) -> None:

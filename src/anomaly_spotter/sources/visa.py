@@ -25,8 +25,8 @@ import csv
 import os
 from pathlib import Path, PurePosixPath
 
-from anomaly_spotter.sources.archives import Dataset, DatasetArchive, archive_source, write_union_mask
 from anomaly_spotter.errors import DataError
+from anomaly_spotter.sources.archives import Dataset, DatasetArchive, archive_source, write_union_mask
 
 SPLIT_CSV = "split_csv/1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")
@@ -73,7 +73,9 @@ def _member(dataset_root: Path, category: str, value: str, where: str, problems:
         return None
     file = dataset_root.joinpath(*path.parts)
     if not file.is_file():
-        problems.append(f"{where}: {value!r} is not in the archive; the archive is incomplete or another version, download it again")
+        problems.append(
+            f"{where}: {value!r} is not in the archive; the archive is incomplete or another version, download it again"
+        )
         return None
     return file
 
@@ -89,14 +91,21 @@ def to_layout(root: Path, staging: Path) -> None:
         reader = csv.DictReader(handle)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
         if missing:
-            raise DataError([f"{SPLIT_CSV}: no column {', '.join(missing)} (expected {','.join(COLUMNS)}); the archive is not VisA's"])
+            raise DataError(
+                [
+                    f"{SPLIT_CSV}: no column {', '.join(missing)} (expected {','.join(COLUMNS)}); "
+                    "the archive is not VisA's"
+                ]
+            )
         for line, row in enumerate(reader, start=2):
             if row["object"] != category:
                 continue
             where = f"{SPLIT_CSV} line {line}"
             target = _TARGETS.get((row["split"], row["label"]))
             if target is None:
-                problems.append(f"{where}: split {row['split']!r} with label {row['label']!r} is not part of the one-class split")
+                problems.append(
+                    f"{where}: split {row['split']!r} with label {row['label']!r} is not part of the one-class split"
+                )
                 continue
             image = _member(dataset_root, category, row["image"], where, problems)
             mask = None
@@ -106,7 +115,9 @@ def to_layout(root: Path, staging: Path) -> None:
                     continue
                 mask = _member(dataset_root, category, row["mask"], where, problems)
             if image is not None and image in seen:
-                problems.append(f"{where}: {row['image']!r} is listed twice in the split; the split file is damaged, download again")
+                problems.append(
+                    f"{where}: {row['image']!r} is listed twice in the split; the split file is damaged, download again"
+                )
             elif image is not None and (mask is not None or not target.endswith(DEFECT)):
                 seen.add(image)
                 moves.append((image, target, mask))

@@ -58,7 +58,15 @@ def fit_detector(detector_class: type[Detector], data: ProcessedCategory, params
     return save_as_built(detector_class, data, params, run)
 
 
-def train_category(data: ProcessedCategory, params: Params, model_path: Path, checkpoint_dir: Path, log_dir: Path, *, progress: bool = True) -> FitResult:
+def train_category(
+    data: ProcessedCategory,
+    params: Params,
+    model_path: Path,
+    checkpoint_dir: Path,
+    log_dir: Path,
+    *,
+    progress: bool = True,
+) -> FitResult:
     """Fit ``params.model.kind`` on one category end to end and write ``model_path``."""
     check_params(params)
     if data.image_size != params.preprocess.image_size:

@@ -36,7 +36,9 @@ FORMAT_VERSION = 1
 def fingerprint(params: Params, data: ProcessedCategory) -> str:
     """Hash of everything that shapes training: a checkpoint is resumed only when it matches."""
     h = hashlib.sha256()
-    relevant = {k: to_dict(getattr(params, k)) for k in ("preprocess", "augment", "model", "anomalies", "loss", "train")}
+    relevant = {
+        k: to_dict(getattr(params, k)) for k in ("preprocess", "augment", "model", "anomalies", "loss", "train")
+    }
     h.update(json.dumps(relevant, sort_keys=True).encode())
     for name in ("train.npy", "val.npy", "index.json"):
         h.update(hashlib.md5((data.root / name).read_bytes()).digest())
@@ -80,7 +82,18 @@ class RunState:
         return False
 
 
-def save_checkpoint(path: Path, fingerprint: str, *, epoch: int, completed: bool, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler, state: RunState) -> None:
+def save_checkpoint(
+    path: Path,
+    fingerprint: str,
+    *,
+    epoch: int,
+    completed: bool,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    state: RunState,
+) -> None:
     """Write the checkpoint after ``epoch`` finished epochs."""
     save_torch(
         path,
@@ -101,7 +114,16 @@ def save_checkpoint(path: Path, fingerprint: str, *, epoch: int, completed: bool
     )
 
 
-def try_resume(path: Path, fingerprint: str, device: torch.device, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler) -> tuple[RunState | None, str | None]:
+def try_resume(
+    path: Path,
+    fingerprint: str,
+    device: torch.device,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+) -> tuple[RunState | None, str | None]:
     """Load an unfinished checkpoint made with the same params and data into the given objects.
 
     Returns the restored :class:`RunState` (None: start fresh) and a message saying what

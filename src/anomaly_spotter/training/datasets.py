@@ -86,4 +86,8 @@ class AnomalyDataset(ImageDataset):
         # augmentation of every sample unchanged.
         rng = np.random.default_rng([sample_seed(self.seed, self.epoch, index), 1])
         anomaly = self.generator(image, self.images, rng)
-        return to_tensor(anomaly.image), clean, torch.from_numpy(np.ascontiguousarray(anomaly.mask, dtype=np.float32))[None]
+        return (
+            to_tensor(anomaly.image),
+            clean,
+            torch.from_numpy(np.ascontiguousarray(anomaly.mask, dtype=np.float32))[None],
+        )

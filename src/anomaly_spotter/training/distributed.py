@@ -78,7 +78,9 @@ def from_environment(device: torch.device) -> DistributedContext:
     """Join the process group described by torchrun's environment; rank 0 of 1 when there is none."""
     if not launched_by_torchrun():
         return DistributedContext()
-    context = DistributedContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
+    context = DistributedContext(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+    )
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=context.rank, world_size=context.world_size)
@@ -97,11 +99,21 @@ def relaunch(processes: int, argv: Sequence[str]) -> int:
     collide. The ``--`` keeps the launcher from reading the stage's own options (its argument
     parser would take ``--logs`` for an abbreviation of its ``--logs-specs``).
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "--", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "--",
+        *argv,
+    ]
     return subprocess.run(command, check=False).returncode
 
 
-def rank_batches(count: int, *, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+def rank_batches(
+    count: int, *, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
     """This rank's share of every global batch of one epoch (indices into the dataset).
 
     The permutation is ``torch.randperm(count)`` seeded by ``(seed, epoch)``, the same for every
@@ -110,7 +122,9 @@ def rank_batches(count: int, *, batch_size: int, seed: int, epoch: int, rank: in
     so DDP's collectives stay matched); with one process nothing is ever dropped.
     """
     if batch_size % world_size:
-        raise UserError(f"train.batch_size {batch_size} is not divisible by {world_size} processes; it is the global batch")
+        raise UserError(
+            f"train.batch_size {batch_size} is not divisible by {world_size} processes; it is the global batch"
+        )
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(count, generator=generator).tolist()
     global_batches = [order[start : start + batch_size] for start in range(0, count, batch_size)]
@@ -128,7 +142,14 @@ class RankBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def _batches(self) -> list[list[int]]:
-        return rank_batches(self.count, batch_size=self.batch_size, seed=self.seed, epoch=self.epoch, rank=self.context.rank, world_size=self.context.world_size)
+        return rank_batches(
+            self.count,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+        )
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches())
@@ -141,13 +162,13 @@ class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks whose backward sums the gradients over ranks too (each rank's loss uses the total)."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
         total = tensor.clone()
         dist.all_reduce(total)
         return total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         total = grad.clone()
         dist.all_reduce(total)
         return total
@@ -181,6 +202,9 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         n = totals[2 * channels]
         mean = totals[:channels] / n  # (C,)
         var = (totals[channels : 2 * channels] / n - mean.square()).clamp_min(0.0)  # biased, as BN normalises
+        # Built with affine weights and running statistics (the BatchNorm2d defaults it replaces).
+        assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
+        assert self.momentum is not None
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             self.running_mean.lerp_(mean.detach(), self.momentum)
@@ -195,7 +219,9 @@ def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
-            synced = CpuSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            synced = CpuSyncBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             synced.load_state_dict(child.state_dict())
             setattr(module, name, synced)
         else:
@@ -210,7 +236,7 @@ def all_reduce_sums(values: dict[str, float], count: int, context: DistributedCo
     keys = sorted(values)
     packed = torch.tensor([values[k] for k in keys] + [float(count)], dtype=torch.float64)
     dist.all_reduce(packed)
-    return dict(zip(keys, packed[:-1].tolist())), int(packed[-1])
+    return dict(zip(keys, packed[:-1].tolist(), strict=False)), int(packed[-1])
 
 
 __all__ = [

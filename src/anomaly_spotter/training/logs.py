@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomaly_spotter.tensors import to_uint8
 from anomaly_spotter.fileio import write_json
+from anomaly_spotter.tensors import to_uint8
 
 LOSS_CURVE = "loss_curve.json"
 # DVCLive's folder of a metric logged as "<split>/loss", and that split's name on the chart.

@@ -30,24 +30,24 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from anomaly_spotter.config import Params
+from anomaly_spotter.detectors.base import GradientDetector, save_model_file
+from anomaly_spotter.errors import TrainingError, UserError
+from anomaly_spotter.runtime import autocast_dtype, kernel_record, seed_everything, select_device
 from anomaly_spotter.training import distributed
 from anomaly_spotter.training.augment import build_augmentations
-from anomaly_spotter.config import Params
-from anomaly_spotter.training.datasets import AnomalyDataset
-from anomaly_spotter.detectors.base import GradientDetector, save_model_file
-from anomaly_spotter.training.run import FitResult, FitRun
-from anomaly_spotter.errors import TrainingError, UserError
-from anomaly_spotter.training.pasted_anomalies import AnomalyGenerator
-from anomaly_spotter.runtime import autocast_dtype, kernel_record, seed_everything, select_device
 from anomaly_spotter.training.checkpoint import CHECKPOINT_NAME, RunState, fingerprint, save_checkpoint, try_resume
+from anomaly_spotter.training.datasets import AnomalyDataset
 from anomaly_spotter.training.logs import log_epoch, open_log, quiet, sample_grid
 from anomaly_spotter.training.optim import make_optimizer, make_scheduler, step_scheduler
+from anomaly_spotter.training.pasted_anomalies import AnomalyGenerator
+from anomaly_spotter.training.run import FitResult, FitRun
 
 if TYPE_CHECKING:
     from anomaly_spotter.dataset.processed import ProcessedCategory
@@ -76,7 +76,16 @@ def _pause_after_checkpoint_for_tests() -> None:
 class Trainer:
     """One gradient run of one category's detector. See the module docstring for the guarantees."""
 
-    def __init__(self, detector_class: type[GradientDetector], params: Params, data: ProcessedCategory, *, checkpoint_dir: Path, log_dir: Path, progress: bool = True):
+    def __init__(
+        self,
+        detector_class: type[GradientDetector],
+        params: Params,
+        data: ProcessedCategory,
+        *,
+        checkpoint_dir: Path,
+        log_dir: Path,
+        progress: bool = True,
+    ):
         self.params = params
         self.config = params.train
         self.data = data
@@ -90,9 +99,11 @@ class Trainer:
             torch.cuda.set_device(self.device)
         # CPU ranks share the cores: each gets its part, or they would all oversubscribe them.
         threads = self.config.num_threads or os.cpu_count() or 1
-        seed_everything(self.config.seed, max(1, threads // self.context.world_size) if self.device.type == "cpu" else threads)
+        seed_everything(
+            self.config.seed, max(1, threads // self.context.world_size) if self.device.type == "cpu" else threads
+        )
         # Built after seeding: the initial weights are a function of train.seed.
-        self.model: GradientDetector = detector_class.from_params(params).to(self.device)
+        self.model = cast(GradientDetector, detector_class.from_params(params).to(self.device))
         if self.device.type == "cpu":
             # channels_last runs these convolutions about 1.5x faster on CPU (bench/train_speed.py).
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -100,7 +111,7 @@ class Trainer:
         # ranks. Saving, validation and checkpoints use self.model (the same parameters).
         self.train_model: torch.nn.Module = self.model
         if self.context.enabled:
-            self.model = distributed.convert_batchnorm(self.model, self.device)
+            self.model = cast(GradientDetector, distributed.convert_batchnorm(self.model, self.device))
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.loss_fn = detector_class.training_loss(params).to(self.device)
@@ -110,7 +121,9 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.device) if self.config.amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         generator = AnomalyGenerator.from_config(params.anomalies)
-        self.train_set = AnomalyDataset(data.train, build_augmentations(params.augment), seed=self.config.seed, generator=generator)
+        self.train_set = AnomalyDataset(
+            data.train, build_augmentations(params.augment), seed=self.config.seed, generator=generator
+        )
         # Validation pastes anomalies too (always the epoch-0 draw, so every epoch sees the same
         # ones): its loss then measures the training objective, defect removal included.
         self.val_set = AnomalyDataset(data.val, seed=self.config.seed, generator=generator)
@@ -118,7 +131,15 @@ class Trainer:
         self.state = RunState.fresh(self.model)
 
     # -- one epoch --------------------------------------------------------------------------
-    def _loss(self, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *, global_batch: bool = False) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    def _loss(
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        global_batch: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """The detector's loss against the clean ``target`` and pasted ``mask``; also the reconstruction.
 
         ``global_batch``: this is one rank's part of a DDP batch, so batch-level sums are all-reduced.
@@ -128,7 +149,9 @@ class Trainer:
         # The loss is computed in float32, outside autocast (see GradientDetector.training_loss).
         sum_over_batch = distributed.all_reduce_sum if global_batch and self.context.enabled else None
         loss, parts = self.loss_fn(output, target, mask, sum_over_batch)
-        return loss, parts, self.model.reconstruction(output)
+        reconstruction = self.model.reconstruction(output)
+        assert reconstruction is not None  # the gradient-trained kinds all reconstruct their input
+        return loss, parts, reconstruction
 
     def _autocast(self):
         if self.amp_dtype is not None:
@@ -138,10 +161,19 @@ class Trainer:
     def _loader(self, dataset: AnomalyDataset, epoch: int, shuffle: bool) -> DataLoader:
         """Training: this rank's share of the epoch's seeded global batches. Validation: in order, whole."""
         if not shuffle:
-            return DataLoader(dataset, batch_size=self.config.batch_size, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
-        sampler = distributed.RankBatchSampler(len(dataset), batch_size=self.config.batch_size, seed=self.config.seed, context=self.context)
+            return DataLoader(
+                dataset,
+                batch_size=self.config.batch_size,
+                num_workers=self.config.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
+        sampler = distributed.RankBatchSampler(
+            len(dataset), batch_size=self.config.batch_size, seed=self.config.seed, context=self.context
+        )
         sampler.set_epoch(epoch)
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
+        return DataLoader(
+            dataset, batch_sampler=sampler, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda"
+        )
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, non_blocking=True)
@@ -155,7 +187,12 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         show_bar = None if self.progress and self.context.is_main else True  # None: no bar when not a terminal
-        bar = tqdm(self._loader(self.train_set, epoch, shuffle=True), desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, disable=show_bar)
+        bar = tqdm(
+            self._loader(self.train_set, epoch, shuffle=True),
+            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            leave=False,
+            disable=show_bar,
+        )
         for batch_index, batch in enumerate(bar):
             x, target, mask = (self._to_device(t) for t in batch)  # (B, 3, S, S) x2 in [-1, 1], (B, 1, S, S)
             n = x.shape[0]
@@ -215,7 +252,15 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, model_path: Path) -> FitResult:
         say = tqdm.write if self.context.is_main else quiet
-        resumed, message = try_resume(self.checkpoint_path, self.fingerprint, self.device, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
+        resumed, message = try_resume(
+            self.checkpoint_path,
+            self.fingerprint,
+            self.device,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+        )
         if message:
             say(message)
         if resumed is not None:
@@ -232,12 +277,24 @@ class Trainer:
                 step_scheduler(self.scheduler, val_stats["loss"])
                 improved = state.record(epoch, val_stats["loss"], self.model)
                 log_epoch(live, epoch, train_stats, val_stats, lr)
-                if self.config.sample_every and ((epoch + 1) % self.config.sample_every == 0 or epoch + 1 == self.config.epochs):
+                if self.config.sample_every and (
+                    (epoch + 1) % self.config.sample_every == 0 or epoch + 1 == self.config.epochs
+                ):
                     live.log_image("reconstructions.png", sample_grid(sample_in, sample_out))
                 stop_early = self.config.patience > 0 and state.stale_epochs >= self.config.patience
                 last_epoch = epoch + 1 == self.config.epochs or stop_early
                 if self.context.is_main:
-                    save_checkpoint(self.checkpoint_path, self.fingerprint, epoch=epoch + 1, completed=last_epoch, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, state=state)
+                    save_checkpoint(
+                        self.checkpoint_path,
+                        self.fingerprint,
+                        epoch=epoch + 1,
+                        completed=last_epoch,
+                        model=self.model,
+                        optimizer=self.optimizer,
+                        scheduler=self.scheduler,
+                        scaler=self.scaler,
+                        state=state,
+                    )
                     _pause_after_checkpoint_for_tests()
                 say(
                     f"epoch {epoch + 1}/{self.config.epochs}: train {train_stats['loss']:.5f} "
@@ -261,7 +318,12 @@ class Trainer:
         live.summary["best_epoch"] = state.best_epoch
         live.summary["best_val_loss"] = state.best_val
         live.end()
-        details = {"epochs_run": epoch + 1 - resumed_from, "best_epoch": state.best_epoch, "best_val_loss": state.best_val, "resumed_from": resumed_from}
+        details = {
+            "epochs_run": epoch + 1 - resumed_from,
+            "best_epoch": state.best_epoch,
+            "best_val_loss": state.best_val,
+            "resumed_from": resumed_from,
+        }
         kernels = kernel_record(self.device, self.amp_dtype)
         summary = (
             f"best validation loss {state.best_val:.5f} at epoch {state.best_epoch} "
@@ -270,12 +332,21 @@ class Trainer:
         if not self.context.is_main:
             return FitResult(False, summary, details)
         save_model_file(
-            model_path, state.best_state, self.model.architecture(), best_epoch=state.best_epoch, best_val_loss=state.best_val, trained_with=kernels
+            model_path,
+            state.best_state,
+            self.model.architecture(),
+            best_epoch=state.best_epoch,
+            best_val_loss=state.best_val,
+            trained_with=kernels,
         )
         return FitResult(True, summary, details)
 
 
-def train_by_gradient(detector_class: type[GradientDetector], data: ProcessedCategory, params: Params, run: FitRun) -> FitResult:
+def train_by_gradient(
+    detector_class: type[GradientDetector], data: ProcessedCategory, params: Params, run: FitRun
+) -> FitResult:
     """Train ``detector_class`` on ``data`` and write ``run.model_path``."""
-    trainer = Trainer(detector_class, params, data, checkpoint_dir=run.checkpoint_dir, log_dir=run.log_dir, progress=run.progress)
+    trainer = Trainer(
+        detector_class, params, data, checkpoint_dir=run.checkpoint_dir, log_dir=run.log_dir, progress=run.progress
+    )
     return trainer.fit(Path(run.model_path))

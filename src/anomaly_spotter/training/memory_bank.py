@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from dvclive import Live
@@ -35,7 +35,9 @@ GROWTH_POINTS = 50  # points of the logged coreset-growth curve: enough to see w
 SAMPLE_IMAGES = 4  # validation images in the logged map grid, as the autoencoders' reconstruction grid
 
 
-def fit_memory_bank(detector_class: type[MemoryBankDetector], data: ProcessedCategory, params: Params, run: FitRun) -> FitResult:
+def fit_memory_bank(
+    detector_class: type[MemoryBankDetector], data: ProcessedCategory, params: Params, run: FitRun
+) -> FitResult:
     """Extract the train patches, keep a greedy coreset as the bank, write ``model.pt`` and DVCLive.
 
     ``model.pt`` is byte-identical for identical data and params (fit timings go to DVCLive
@@ -46,7 +48,7 @@ def fit_memory_bank(detector_class: type[MemoryBankDetector], data: ProcessedCat
     if len(data.train) == 0:
         raise UserError(f"{data.root}: no training images; patchcore needs normal images in train/good")
     device = select_device(params.train.device)
-    detector = detector_class.from_params(params).to(device).eval()
+    detector = cast(MemoryBankDetector, detector_class.from_params(params).to(device).eval())
     batch_size = params.score.batch_size
 
     tick = time.perf_counter()
@@ -103,7 +105,11 @@ def fit_memory_bank(detector_class: type[MemoryBankDetector], data: ProcessedCat
         f"({params.model.coreset_ratio:g}), coverage radius {radius:.3g}, fit {fit_seconds:.1f} s "
         f"(features {extract_seconds:.1f} s, coreset {coreset_seconds:.1f} s)"
     )
-    return FitResult(written=True, summary=line, details={**summary, "backbone_file": detector.weights_file, "backbone_sha256": detector.weights_sha256})
+    return FitResult(
+        written=True,
+        summary=line,
+        details={**summary, "backbone_file": detector.weights_file, "backbone_sha256": detector.weights_sha256},
+    )
 
 
 def _growth_points(growth: Sequence[float], points: int = GROWTH_POINTS) -> list[tuple[int, float]]:

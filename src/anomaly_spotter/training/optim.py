@@ -22,7 +22,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     if config.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     if config.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.gamma, patience=max(1, config.patience // 2))
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=config.gamma, patience=max(1, config.patience // 2)
+        )
     return None
 
 

@@ -41,7 +41,6 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -125,7 +124,10 @@ def _perlin_mask(shape: tuple[int, int], rng: np.random.Generator, scale_max: in
     """Thresholded, rotated Perlin noise, bool (H, W); the DRAEM mask."""
     # Cells of at least 8 px (DRAEM's finest: 32 cells on 256 px); finer gives speckle, not regions.
     limit = max(1, min(shape) // 8)
-    resolution = (min(2 ** int(rng.integers(0, scale_max + 1)), limit), min(2 ** int(rng.integers(0, scale_max + 1)), limit))
+    resolution = (
+        min(2 ** int(rng.integers(0, scale_max + 1)), limit),
+        min(2 ** int(rng.integers(0, scale_max + 1)), limit),
+    )
     noise = _rotate(perlin_noise(shape, resolution, rng), float(rng.uniform(-90.0, 90.0)))
     return noise > threshold
 
@@ -154,7 +156,9 @@ def _blob_mask(support: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return canvas.astype(bool)
 
 
-def _fallback_ellipse(support: np.ndarray, rng: np.random.Generator, min_fraction: float, max_fraction: float) -> np.ndarray:
+def _fallback_ellipse(
+    support: np.ndarray, rng: np.random.Generator, min_fraction: float, max_fraction: float
+) -> np.ndarray:
     """One ellipse centred on ``support`` whose area is the geometric mean of the bounds; never empty."""
     height, width = support.shape
     target_area = math.sqrt(max(min_fraction, 1e-6) * max_fraction) * height * width
@@ -200,7 +204,12 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     pixels = image.astype(np.float32)
     strip = max(1, round(min(height, width) * BORDER_STRIP_FRACTION))
     border = np.concatenate(
-        [pixels[:strip].reshape(-1, 3), pixels[-strip:].reshape(-1, 3), pixels[:, :strip].reshape(-1, 3), pixels[:, -strip:].reshape(-1, 3)]
+        [
+            pixels[:strip].reshape(-1, 3),
+            pixels[-strip:].reshape(-1, 3),
+            pixels[:, :strip].reshape(-1, 3),
+            pixels[:, -strip:].reshape(-1, 3),
+        ]
     )  # (B, 3)
     background = np.median(border, axis=0)  # (3,)
     border_distance = np.linalg.norm(border - background, axis=1)  # (B,)
@@ -242,10 +251,12 @@ def _shuffled_patches(source_pool: np.ndarray, rng: np.random.Generator) -> np.n
     tile = min(height, width) // grid
     if tile < 1:
         return source
-    tiles = [source[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile].copy() for r in range(grid) for c in range(grid)]
+    tiles = [
+        source[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile].copy() for r in range(grid) for c in range(grid)
+    ]
     order = rng.permutation(len(tiles))
     turns = rng.integers(0, 4, size=len(tiles))  # square tiles: quarter turns keep the size
-    for position, (index, quarter_turns) in enumerate(zip(order, turns)):
+    for position, (index, quarter_turns) in enumerate(zip(order, turns, strict=False)):
         r, c = divmod(position, grid)
         source[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = np.rot90(tiles[index], k=int(quarter_turns))
     return source  # rows / cols beyond grid * tile (when the side is not a multiple) stay as they were
@@ -302,8 +313,9 @@ def _procedural_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.
     kind = int(rng.integers(3))
     if kind == 0:  # fractal Perlin noise: three octaves, each twice as fine and half as strong
         base = 2 ** int(rng.integers(1, 4))
-        field = sum(
-            0.5**octave * perlin_noise(shape, (min(base * 2**octave, height), min(base * 2**octave, width)), rng) for octave in range(3)
+        field: np.ndarray = sum(  # type: ignore[assignment]  # a sum of arrays is an array
+            0.5**octave * perlin_noise(shape, (min(base * 2**octave, height), min(base * 2**octave, width)), rng)
+            for octave in range(3)
         )
         weight = (field - field.min()) / max(float(np.ptp(field)), 1e-6)  # stretched to [0, 1]
     else:
@@ -360,7 +372,11 @@ class AnomalyGenerator:
     ) -> None:
         # ``settings`` is params.anomalies, validated by config: taken as given. The mask-shape
         # constants are this module's own (no param sets them), so they are checked here.
-        if isinstance(perlin_scale_max, bool) or not isinstance(perlin_scale_max, int) or not 0 <= perlin_scale_max <= 10:
+        if (
+            isinstance(perlin_scale_max, bool)
+            or not isinstance(perlin_scale_max, int)
+            or not 0 <= perlin_scale_max <= 10
+        ):
             raise ValueError(f"perlin_scale_max must be an integer in [0, 10], got {perlin_scale_max!r}")
         _check_range("perlin_threshold", perlin_threshold, -1.0, 1.0)
         _check_range("min_area_fraction", min_area_fraction, 0.0, 1.0)
@@ -368,7 +384,9 @@ class AnomalyGenerator:
         if max_area_fraction <= 0.0:
             raise ValueError(f"max_area_fraction must be > 0, got {max_area_fraction!r}")
         if min_area_fraction > max_area_fraction:
-            raise ValueError(f"min_area_fraction ({min_area_fraction}) must not exceed max_area_fraction ({max_area_fraction})")
+            raise ValueError(
+                f"min_area_fraction ({min_area_fraction}) must not exceed max_area_fraction ({max_area_fraction})"
+            )
         self.probability = settings.probability
         self.mask_kind = settings.mask
         self.sources = tuple(settings.sources)
@@ -397,8 +415,16 @@ class AnomalyGenerator:
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be uint8 (S, S, 3), got {image.dtype} {image.shape}")
-        if source_pool.ndim != 4 or source_pool.shape[1:] != image.shape or source_pool.dtype != np.uint8 or len(source_pool) == 0:
-            raise ValueError(f"source_pool must be uint8 (M, {', '.join(map(str, image.shape))}) with M >= 1, got {source_pool.dtype} {source_pool.shape}")
+        if (
+            source_pool.ndim != 4
+            or source_pool.shape[1:] != image.shape
+            or source_pool.dtype != np.uint8
+            or len(source_pool) == 0
+        ):
+            raise ValueError(
+                f"source_pool must be uint8 (M, {', '.join(map(str, image.shape))}) with M >= 1, "
+                f"got {source_pool.dtype} {source_pool.shape}"
+            )
         height, width = image.shape[:2]
         if rng.random() >= self.probability:  # always one draw, so streams stay aligned
             return SyntheticAnomaly(image=image.copy(), mask=np.zeros((height, width), np.float32))
@@ -426,7 +452,9 @@ class AnomalyGenerator:
                 return mask
         return _fallback_ellipse(support, rng, self.min_area_fraction, self.max_area_fraction)
 
-    def _draw_source(self, image: np.ndarray, source_pool: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _draw_source(
+        self, image: np.ndarray, source_pool: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         kind = self.sources[int(rng.integers(len(self.sources)))]
         under_mask = image[mask].astype(np.float32)  # (K, 3)
         grey = is_grayscale(image)
