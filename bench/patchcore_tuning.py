@@ -62,6 +62,7 @@ BASE: dict[str, Any] = {
     "coreset_ratio": 0.01,
     "patch_window": 3,
     "seed": 0,
+    "coreset_group_patches": 0,  # the exact greedy, as every row before the grouped one was measured
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
@@ -85,6 +86,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "L234_lite2": {"layers": (2, 3, 4), "backbone": "efficientnet_lite2"},
     "L234_2%": {"layers": (2, 3, 4), "coreset_ratio": 0.02},
     "L234_seed1": {"layers": (2, 3, 4), "seed": 1},
+    # The greedy per group of patches (model.coreset_group_patches) against the exact one it
+    # replaces above that size, at the params.yaml preset: 2**18 (3 groups here), 2**19 (the default, 2 groups).
+    "lite2_2%_grouped": {"backbone": "efficientnet_lite2", "coreset_ratio": 0.02, "coreset_group_patches": 262144},
+    "lite2_2%_grouped_2^19": {"backbone": "efficientnet_lite2", "coreset_ratio": 0.02, "coreset_group_patches": 524288},
 }
 
 
@@ -122,6 +127,7 @@ def evaluate(name: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
                 "coreset_ratio": spec["coreset_ratio"],
                 "patch_window": spec["patch_window"],
                 "num_neighbours": NEIGHBOURS,
+                "coreset_group_patches": spec["coreset_group_patches"],
             },
             "preprocess": {"image_size": size},
             "train": {"seed": spec["seed"], "num_threads": threads, "device": "cpu"},

@@ -5,6 +5,12 @@ greedy k-center selection (each new centre is the patch farthest from those chos
 computed in a sparse random projection to ``PROJECTION_DIM`` dimensions as the paper does, with
 the exact covering radius in the full feature space reported afterwards.
 
+The exact greedy costs N x K distances, and K grows with N at a fixed ratio: N squared. Above
+``model.coreset_group_patches`` patches the rows are split into balanced groups of consecutive
+rows (rows are ordered by image, so a group is a run of whole training images), each keeps
+its own ``ratio`` by the exact greedy, and the bank is their union: the cost is then linear
+in N, and every patch is still within the reported (exact, global) radius of the bank.
+
 Example:
     >>> import torch
     >>> features = torch.randn(500, 32, generator=torch.Generator().manual_seed(0))
@@ -33,7 +39,8 @@ class Coreset:
 
     indices: torch.Tensor  # (K,) int64 rows of the features, in the order the greedy chose them
     radius: float  # max over all features of the distance to their nearest kept row (full space, exact)
-    growth: tuple[float, ...] = ()  # covering radius (in the projection) after 1, 2, ... K-1 centres
+    growth: tuple[float, ...] = ()  # covering radius (in the projection) after 1, 2, ... centres (first group)
+    groups: int = 1  # row groups the greedy ran in (1: the exact greedy over all rows)
 
 
 def sparse_projection(dim_in: int, dim_out: int, generator: torch.Generator) -> torch.Tensor:
@@ -150,7 +157,24 @@ def coverage_radius(features: torch.Tensor, bank: torch.Tensor, nearest: torch.T
     return radius
 
 
-def greedy_coreset(features: torch.Tensor, ratio: float, seed: int, *, projection_dim: int = PROJECTION_DIM) -> Coreset:
+def group_bounds(count: int, group_rows: int) -> list[int]:
+    """Row bounds of the balanced groups of consecutive rows, at most ``group_rows`` each (0: one group).
+
+    >>> group_bounds(10, 0), group_bounds(10, 10), group_bounds(10, 4)
+    ([0, 10], [0, 10], [0, 3, 7, 10])
+    """
+    groups = 1 if group_rows <= 0 else max(1, math.ceil(count / group_rows))
+    return [round(g * count / groups) for g in range(groups + 1)]
+
+
+def greedy_coreset(
+    features: torch.Tensor,
+    ratio: float,
+    seed: int,
+    *,
+    group_rows: int = 0,
+    projection_dim: int = PROJECTION_DIM,
+) -> Coreset:
     """The PatchCore coreset: greedy k-center (Gonzalez 1985) of ``features`` (N, D), K = ``coreset_size``.
 
     Deterministic given ``seed``: the first centre is a seeded random row, and distances are
@@ -159,12 +183,21 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int, *, projectio
     row ends within the returned radius (computed exactly, in the full D dimensions) of the
     bank. Cost: about N * K * ``projection_dim`` multiply-adds, in GEMMs; memory linear in N.
 
+    ``group_rows`` > 0 with N above it: the greedy runs in each of :func:`group_bounds`' groups,
+    keeping ``ratio`` of each (K is then the sum of the groups' sizes), at about
+    N * ``group_rows`` * ratio * ``projection_dim`` multiply-adds: linear in N. The radius is
+    still exact and global (each row's distance to the nearest row of the whole bank).
+
     >>> x = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
     >>> core = greedy_coreset(x, 0.1, seed=0)
     >>> len(core.indices), len(set(core.indices.tolist()))
     (50, 50)
     >>> bool(torch.cdist(x, x[core.indices]).amin(1).max() <= core.radius + 1e-5)
     True
+    >>> grouped = greedy_coreset(x, 0.1, seed=0, group_rows=200)
+    >>> covered = bool(torch.cdist(x, x[grouped.indices]).amin(1).max() <= grouped.radius + 1e-5)
+    >>> grouped.groups, len(grouped.indices), covered
+    (3, 51, True)
     """
     if features.ndim != 2 or features.shape[0] == 0:
         raise ValueError(f"features must be a non-empty (N, D) matrix, got shape {tuple(features.shape)}")
@@ -182,12 +215,27 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int, *, projectio
     else:
         projected = features
     growth: list[float] = []
-    indices, nearest = _greedy_indices(projected, k, start, growth)
+    bounds = group_bounds(n, group_rows)
+    if len(bounds) == 2:  # one group: the exact greedy over all rows
+        indices, nearest = _greedy_indices(projected, k, start, growth)
+    else:
+        chosen: list[torch.Tensor] = []  # each group's centres, as rows of all the features
+        assigned: list[torch.Tensor] = []  # each group's rows' nearest centre, as an index into the whole bank
+        kept = 0
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            first = int(torch.randint(hi - lo, (1,), generator=generator))  # a seeded random row of the group
+            group_k = coreset_size(hi - lo, ratio)
+            picked, nearest_in_group = _greedy_indices(projected[lo:hi], group_k, first, growth if lo == 0 else None)
+            assigned.append(nearest_in_group + kept)
+            chosen.append(picked + lo)
+            kept += len(picked)
+        indices, nearest = torch.cat(chosen), torch.cat(assigned)
     indices = indices.to(features.device)
-    return Coreset(indices.cpu(), coverage_radius(features, features[indices], nearest), tuple(growth))
+    radius = coverage_radius(features, features[indices], nearest)
+    return Coreset(indices.cpu(), radius, tuple(growth), groups=len(bounds) - 1)
 
 
 # -- the detector -----------------------------------------------------------------------------------
 
 
-__all__ = ["Coreset", "coreset_size", "coverage_radius", "greedy_coreset", "sparse_projection"]
+__all__ = ["Coreset", "coreset_size", "coverage_radius", "greedy_coreset", "group_bounds", "sparse_projection"]

@@ -55,7 +55,9 @@ def fit_memory_bank(
     features = detector.extract(data.train, batch_size, device)  # (N_train * g * g, D)
     extract_seconds = time.perf_counter() - tick
     tick = time.perf_counter()
-    coreset = greedy_coreset(features, params.model.coreset_ratio, params.train.seed)
+    coreset = greedy_coreset(
+        features, params.model.coreset_ratio, params.train.seed, group_rows=params.model.coreset_group_patches
+    )
     coreset_seconds = time.perf_counter() - tick
     detector.set_memory_bank(features[coreset.indices.to(features.device)])
     train_patches = int(features.shape[0])
@@ -84,6 +86,7 @@ def fit_memory_bank(
         "bank_size": bank_size,
         "train_patches": train_patches,
         "coverage_radius": radius,
+        "coreset_groups": coreset.groups,
     }
     if len(val_scores):
         summary["val_score_mean"] = float(val_scores.mean())
@@ -102,7 +105,8 @@ def fit_memory_bank(
         live.end()
     line = (
         f"{detector.kind} {detector.describe()}: bank {bank_size} of {train_patches} patches "
-        f"({params.model.coreset_ratio:g}), coverage radius {radius:.3g}, fit {fit_seconds:.1f} s "
+        f"({params.model.coreset_ratio:g}{f', {coreset.groups} groups' if coreset.groups > 1 else ''}), "
+        f"coverage radius {radius:.3g}, fit {fit_seconds:.1f} s "
         f"(features {extract_seconds:.1f} s, coreset {coreset_seconds:.1f} s)"
     )
     return FitResult(
