@@ -300,3 +300,20 @@ def test_artifacts_name_every_category_of_params():
     assert {name: spec["path"] for name, spec in artifacts.items()} == expected
     for name, spec in artifacts.items():
         assert spec["type"] == "model" and spec["desc"] and name.split("-")[0] in spec["labels"]
+
+
+def test_no_module_over_600_lines_and_no_function_over_80():
+    """The house issue's sizes: a module a reader holds in their head, a function seen whole."""
+    import ast
+
+    too_long = []
+    for path in [*package_modules(), *sorted((ROOT / "stages").glob("*.py"))]:
+        text = path.read_text()
+        if text.count("\n") > 600:
+            too_long.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                too_long.append(
+                    f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}"
+                )
+    assert too_long == []

@@ -186,6 +186,27 @@ def export_tiffs(folder: Path, category: str, data: ProcessedCategory, maps: lis
         write_bytes(folder / category / "test" / item.defect_type / f"{stem}.tiff", encode_float_tiff(amap))
 
 
+def region_spro(
+    data: ProcessedCategory,
+    raw_dir: Path,
+    model_maps: np.ndarray,
+    maps: list[np.ndarray] | None,
+    resolution: str,
+    fpr_limit: float,
+) -> float | None:
+    """MVTec LOCO AD's official sPRO, on maps at the regions' (original) size; None without ``regions/``.
+
+    ``maps`` are the ones already at ``resolution`` (reused when that is ``original``).
+    """
+    regions = read_regions(raw_dir, data.test_items)
+    if regions is None:
+        return None
+    original = maps if resolution == "original" else pixel_inputs(data, raw_dir, model_maps, "original")[1]
+    assert original is not None  # regions come with masks, so the maps were upsampled
+    good = [item.label == 0 for item in data.test_items]
+    return m.au_spro(original, regions, good, fpr_limit=fpr_limit)
+
+
 def evaluate_category(
     data: ProcessedCategory,
     raw_dir: Path,
@@ -211,16 +232,9 @@ def evaluate_category(
     masks, maps = pixel_inputs(data, Path(raw_dir), scored.maps, resolution) if with_masks else (None, None)
     fpr_limit = params.evaluate.pro_fpr_limit
     results = compute_metrics(data, scored, threshold, masks, maps, fpr_limit=fpr_limit)
-    regions = read_regions(Path(raw_dir), data.test_items) if with_masks else None
-    if regions is not None:  # MVTec LOCO AD: its official sPRO, on maps at the regions' (original) size
-        original = (
-            maps
-            if params.evaluate.resolution == "original"
-            else pixel_inputs(data, Path(raw_dir), scored.maps, "original")[1]
-        )
-        assert original is not None  # regions come with masks
-        good = [item.label == 0 for item in data.test_items]
-        results["au_spro"] = m.au_spro(original, regions, good, fpr_limit=fpr_limit)
+    spro = region_spro(data, Path(raw_dir), scored.maps, maps, resolution, fpr_limit) if with_masks else None
+    if spro is not None:
+        results["au_spro"] = spro
     results["threshold_strategy"] = thresholds.strategy
     results.update(operating_point_results(data, scored.scores, thresholds, masks, maps))
     labels = data.test_labels

@@ -29,6 +29,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -250,8 +251,8 @@ class Trainer:
         return {k: v / count for k, v in sums.items()}, first[0], first[1]
 
     # -- the loop ---------------------------------------------------------------------------
-    def fit(self, model_path: Path) -> FitResult:
-        say = tqdm.write if self.context.is_main else quiet
+    def _resume(self, say: Callable[[str], None]) -> None:
+        """Continue from this run's checkpoint when it matches (params, data, code); say what happened."""
         resumed, message = try_resume(
             self.checkpoint_path,
             self.fingerprint,
@@ -265,6 +266,25 @@ class Trainer:
             say(message)
         if resumed is not None:
             self.state = resumed
+
+    def _save_checkpoint(self, epoch: int, *, completed: bool) -> None:
+        """Everything needed to continue after ``epoch`` (0-based) finished, written by the main rank."""
+        save_checkpoint(
+            self.checkpoint_path,
+            self.fingerprint,
+            epoch=epoch + 1,
+            completed=completed,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            state=self.state,
+        )
+        _pause_after_checkpoint_for_tests()
+
+    def fit(self, model_path: Path) -> FitResult:
+        say = tqdm.write if self.context.is_main else quiet
+        self._resume(say)
         state = self.state
         resumed_from = state.start_epoch
         live = open_log(self.log_dir, resume=resumed_from > 0, is_main=self.context.is_main)
@@ -284,18 +304,7 @@ class Trainer:
                 stop_early = self.config.patience > 0 and state.stale_epochs >= self.config.patience
                 last_epoch = epoch + 1 == self.config.epochs or stop_early
                 if self.context.is_main:
-                    save_checkpoint(
-                        self.checkpoint_path,
-                        self.fingerprint,
-                        epoch=epoch + 1,
-                        completed=last_epoch,
-                        model=self.model,
-                        optimizer=self.optimizer,
-                        scheduler=self.scheduler,
-                        scaler=self.scaler,
-                        state=state,
-                    )
-                    _pause_after_checkpoint_for_tests()
+                    self._save_checkpoint(epoch, completed=last_epoch)
                 say(
                     f"epoch {epoch + 1}/{self.config.epochs}: train {train_stats['loss']:.5f} "
                     f"val {val_stats['loss']:.5f}{' *' if improved else ''} lr {lr:.2e}"
