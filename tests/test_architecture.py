@@ -160,9 +160,18 @@ def test_each_registered_class_declares_its_kind_and_map_kinds():
     assert config.ModelConfig().kind in DETECTORS
 
 
+def test_every_kind_has_its_own_input_side_and_its_rules_accept_it():
+    assert set(config.KIND_IMAGE_SIZES) == set(DETECTORS)
+    for kind, side in config.KIND_IMAGE_SIZES.items():
+        params = config.parse_params({"model": {"kind": kind}})
+        assert params.preprocess.image_size == side
+        assert param_problems(params) == [], kind
+
+
 def test_the_registry_checks_what_each_class_declares():
     assert param_problems(config.parse_params({})) == []
-    problems = param_problems(config.parse_params({"model": {"kind": "patchcor"}}))
+    # image_size given: with 0 (the kind's own side) parse_params itself refuses the unknown kind
+    problems = param_problems(config.parse_params({"model": {"kind": "patchcor"}, "preprocess": {"image_size": 64}}))
     assert problems == [
         "model.kind: 'patchcor' is not one of reconstruction, discriminative, patchcore (did you mean 'patchcore'?)"
     ]

@@ -29,6 +29,8 @@ def test_defaults_and_types():
         ({"train": {"lr": 0}}, "train.lr: must be > 0"),
         ({"train": {"optimizer": "adamm"}}, "train.optimizer: 'adamm' is not one of adam, adamw, sgd"),
         ({"preprocess": {"val_fraction": 1.5}}, "preprocess.val_fraction: must be <= 0.9"),
+        ({"preprocess": {"image_size": 16}}, "preprocess.image_size: must be 0 (the detector kind's own) or >= 32"),
+        ({"model": {"kind": "patchcor"}}, "model.kind: 'patchcor' is not one of reconstruction, discriminative"),
         ({"model": {"skips": [1, 5]}}, "model.skips: levels are 1, 2 or 3"),
         ({"loss": {"mse": 0, "ssim": 0}}, "at least one of"),
         ({"thresholds": {"strategy": "percentile_90"}}, "thresholds.strategy: 'percentile_90' is not computed"),
@@ -48,6 +50,16 @@ def test_all_problems_reported_at_once():
     with pytest.raises(ConfigError) as info:
         parse_params({"train": {"epochs": 0, "lr": -1, "optimizer": "x"}, "score": {"ssim_window": 1}})
     assert len(info.value.problems) == 4
+
+
+def test_image_size_zero_is_the_detector_kinds_own_side():
+    assert parse_params({}).preprocess.image_size == 128  # the autoencoders: the built-in set's side
+    assert parse_params({"model": {"kind": "patchcore"}}).preprocess.image_size == 320
+    given = {"model": {"kind": "patchcore"}, "preprocess": {"image_size": 256}}
+    assert parse_params(given).preprocess.image_size == 256
+    raw = {"presets": {"washer": {"model": {"kind": "patchcore"}}}}  # a preset's kind brings its side
+    assert parse_params(raw, "washer").preprocess.image_size == 320
+    assert parse_params(raw, "weave").preprocess.image_size == 128
 
 
 def test_preset_is_merged_over_defaults():

@@ -146,6 +146,16 @@ def test_export_stage_writes_model_and_metrics(tmp_path, model_file):
     assert {"onnx_max_abs_diff_map_in_graph", "onnx_max_abs_diff_score", "map_kind", "tolerance_map"} <= set(metrics)
 
 
+def test_export_is_checked_on_evenly_spread_test_images(tmp_path, model_file, monkeypatch):
+    raw = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
+    data = make_processed(tmp_path, raw)
+    monkeypatch.setattr(export, "CHECK_IMAGES", 4)
+    out, metrics_path = tmp_path / "out" / "model.onnx", tmp_path / "out" / "export.json"
+    metrics = export.export_category(model_file, data, out, metrics_path, parse_params(raw).score)
+    assert metrics["test_images"] == 10 and metrics["images_checked"] == 4 and metrics["batch_sizes_checked"] == [1, 3]
+    assert export.check_indices(10, 4).tolist() == [0, 3, 6, 9]  # the first and last type included
+
+
 def test_mismatch_stops_the_export_and_writes_nothing(tmp_path, model_file, monkeypatch):
     """Force a mismatch: the exported graph holds other weights than the PyTorch model."""
     other = tmp_path / "other.pt"

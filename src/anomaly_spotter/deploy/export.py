@@ -25,7 +25,8 @@ tracing the very functions the ``thresholds`` and ``evaluate`` stages call (ever
 exports; the score params are also stored in the model's ``metadata_props``).
 
 Before anything is written, the graph is run with onnxruntime over the category's test images
-(a batch of one, then ``score.batch_size`` chunks, so the dynamic batch axis is exercised) and
+(at most :data:`CHECK_IMAGES` of them, evenly spaced over the split so every defect type is in;
+a batch of one, then ``score.batch_size`` chunks, so the dynamic batch axis is exercised) and
 compared with PyTorch: the reconstructions, maps computed by the same :func:`output_maps` from
 the ONNX reconstructions (for a head or distance map, which has no SSIM amplification, the
 in-graph map itself), and the in-graph maps and scores. The differences are written to
@@ -88,6 +89,10 @@ BATCH_AXIS = "batch"
 EXPORTER = "torchscript"
 # The largest map differences accepted (see the module docstring for the measured values and
 # why the map computed inside the graph gets more room). Both are far below any threshold margin.
+# Test images the export is checked on: a batch of one and two default score batches. The check is of
+# the graph, not of the data, and scoring every image twice (PyTorch and onnxruntime) was the slowest
+# stage on a large test split (magnetic_tile, 685 images: 163 s of a 428 s pipeline; bench/real_data.py).
+CHECK_IMAGES = 65
 MAX_MAP_DIFF = 1e-4  # PyTorch anomaly_map of the ONNX vs the PyTorch reconstruction
 MAX_GRAPH_MAP_DIFF = 1e-3  # anomaly map computed by onnxruntime vs by PyTorch
 # Batch size of the example input the graph is traced with: not 1, so that nothing in the
@@ -182,6 +187,18 @@ def _chunks(count: int, batch_size: int) -> Iterator[slice]:
         yield slice(0, 1)
     for start in range(1, count, batch_size):
         yield slice(start, min(count, start + batch_size))
+
+
+def check_indices(count: int, limit: int | None = None) -> np.ndarray:
+    """Up to ``limit`` (default :data:`CHECK_IMAGES`) indices spread evenly over ``range(count)``, ends included.
+
+    >>> check_indices(5).tolist(), check_indices(9, 3).tolist()
+    ([0, 1, 2, 3, 4], [0, 4, 8])
+    """
+    limit = CHECK_IMAGES if limit is None else limit
+    if count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
@@ -326,7 +343,8 @@ def export_category(
             f"{data_dir} holds {data.image_size}px images but {model_path} expects {model.image_size}px; "
             "run `dvc repro` so preprocess and train agree"
         )
-    model_bytes, metrics = export_model(model, data.test, config, source=str(model_path))
+    model_bytes, metrics = export_model(model, data.test[check_indices(len(data.test))], config, source=str(model_path))
+    metrics["test_images"] = len(data.test)
     write_bytes(out_path, model_bytes)
     write_json(metrics_path, metrics)
     return metrics
@@ -337,6 +355,7 @@ __all__ = [
     "MAX_MAP_DIFF",
     "OPSET",
     "ScoringGraph",
+    "check_indices",
     "compare_with_torch",
     "export_category",
     "export_model",
