@@ -58,6 +58,18 @@ CONFIGS: dict[str, list[str]] = {
     "lite2_256_2%": ["model.backbone=efficientnet_lite2", "model.coreset_ratio=0.02", "preprocess.image_size=256"],
     "lite0_320_1%": ["model.backbone=efficientnet_lite0", "model.coreset_ratio=0.01", "preprocess.image_size=320"],
 }
+# One change at a time from lite0_320_1% (the candidate, first to beat the old preset on tire).
+_LITE0 = CONFIGS["lite0_320_1%"]
+CONFIGS |= {
+    "lite0_320_1%_stride4": [*_LITE0, "model.layers=[1,2,3]"],  # a stride-4 tap for small defects
+    "lite1_320_1%": ["model.backbone=efficientnet_lite1", *_LITE0[1:]],
+    "lite0_384_1%": [*_LITE0[:2], "preprocess.image_size=384"],
+    "lite0_320_2%": [_LITE0[0], "model.coreset_ratio=0.02", _LITE0[2]],
+    "lite0_320_1%_window5": [*_LITE0, "model.patch_window=5"],
+    "lite0_320_1%_nn0": [*_LITE0, "model.num_neighbours=0"],  # plain max distance as the image score
+    "lite0_320_1%_sigma8": [*_LITE0, "score.smoothing_sigma=8"],
+    "lite0_320_1%_max": [*_LITE0, "score.image_score=max"],
+}
 
 
 def real_datasets() -> dict[str, list[str]]:

@@ -409,6 +409,21 @@ def test_weights_only_round_trip_needs_no_weight_file(detector, tmp_path, monkey
             assert torch.equal(a, b)
 
 
+def test_a_stride_4_level_exports_and_matches_pytorch():
+    """model.layers [1, 2, 3]: the stride-4 level is average-pooled onto the stride-8 grid in the graph too."""
+    from anomaly_spotter.deploy.export import export_model
+
+    model = PatchCore("efficientnet_lite0", (1, 2, 3), SIZE, num_neighbours=3).eval()
+    with torch.inference_mode():
+        features = model.extract(textures(2), batch_size=2)
+    model.set_memory_bank(features[greedy_coreset(features, 0.25, seed=0).indices].clone())
+    images = ((as_input(textures(3, seed=5)) + 1.0) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on constant shapes and asymmetric pads
+        _, metrics = export_model(model, images, ScoreConfig(smoothing_sigma=2.0), source="stride-4 test")
+    assert metrics["images_checked"] == 3 and metrics["onnx_max_abs_diff_score"] < 1e-3
+
+
 def test_onnx_export_matches_pytorch(detector, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     config = ScoreConfig(smoothing_sigma=2.0, image_score="topk_mean", topk_percent=5.0)

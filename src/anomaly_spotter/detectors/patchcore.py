@@ -215,7 +215,9 @@ class PatchCore(MemoryBankDetector):
         for feature in self.backbone(images):  # (N, C_l, S / stride_l, ...)
             if k > 1:
                 feature = F.avg_pool2d(feature, k, stride=1, padding=k // 2, count_include_pad=COUNT_BORDER_ZEROS)
-            height, width = feature.shape[-2:]
+            # Python ints: the input side is fixed, so in an ONNX trace the pooling kernel must be a constant
+            # (a traced shape made a stride-4 level, model.layers [1, 2, 3], fail to export).
+            height, width = (int(side) for side in feature.shape[-2:])
             if (height, width) != grid:
                 if height > grid[0] and height % grid[0] == 0 and width % grid[1] == 0:
                     feature = F.avg_pool2d(feature, (height // grid[0], width // grid[1]))  # finer level: average down
