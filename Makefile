@@ -8,7 +8,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup repro test lint bench browser readme screenshot clean-venv
+.PHONY: setup repro test lint bench bench-real browser readme screenshot clean-venv
 
 setup: $(VENV)/.installed .dvc/tmp/plots_template.html
 
@@ -63,6 +63,12 @@ bench: setup
 	python bench/startup.py
 	python bench/pipeline.py
 	python bench/ablation.py
+
+# The real-data benchmark that detector defaults are chosen by: every configuration in bench/real_data.py over
+# each set in ../shared/datasets and the built-in one, whole pipeline per run; writes bench/results/real_data.json
+# and the README table (hours on 2 cores; `python bench/real_data.py --configs default` runs one configuration).
+bench-real: setup
+	python bench/real_data.py
 
 clean-venv:
 	rm -rf $(VENV) node_modules build

