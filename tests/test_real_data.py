@@ -30,3 +30,17 @@ def test_magnetic_tile_without_ground_truth_needs_the_image_labels_only_flag(tmp
     assert "data.masks: none" in refused[0]
     assert find_problems(copy, min_train_images=4, masks="none") == []
     assert all(item.mask is None for item in list_category(copy, masks="none").test)
+
+
+TIRE = SHARED_DATASETS / "mvtec3d_tire" / "tire"
+
+
+@pytest.mark.skipif(not TIRE.is_dir(), reason=f"real dataset not present at {TIRE}")
+def test_mvtec3d_tire_passes_validation_with_its_published_counts():
+    """The second real set bench/real_data.py runs on (SOURCE.md: 210 train, 25 good + 87 defective test)."""
+    assert find_problems(TIRE, min_train_images=4) == []
+    listing = list_category(TIRE)
+    assert len(listing.train) == 210 and len(listing.test) == 25 + 87
+    defects = [item for item in listing.test if item.label == 1]
+    assert len(defects) == 87 and all(item.mask is not None for item in defects)
+    assert {item.defect_type for item in defects} == {"combined", "contamination", "cut", "hole"}

@@ -447,7 +447,7 @@ def _with_kind_image_size(params: Params, prefix: str, problems: list[str]) -> P
     if side == 0 and kind not in KIND_IMAGE_SIZES:
         problems.append(
             f"{prefix}model.kind: {kind!r} is not one of {', '.join(KIND_IMAGE_SIZES)}"
-            f"{did_you_mean(kind, KIND_IMAGE_SIZES)} (preprocess.image_size 0 takes the kind's own input side)"
+            f"{did_you_mean(kind, list(KIND_IMAGE_SIZES))} (preprocess.image_size 0 takes the kind's own input side)"
         )
     if side != 0 or kind not in KIND_IMAGE_SIZES:
         return params
