@@ -87,12 +87,12 @@ OPSET = 17
 INPUT_NAME = "image"  # the outputs are the detector's ``onnx_outputs`` (reconstruction, if any; anomaly_map; score)
 BATCH_AXIS = "batch"
 EXPORTER = "torchscript"
-# The largest map differences accepted (see the module docstring for the measured values and
-# why the map computed inside the graph gets more room). Both are far below any threshold margin.
 # Test images the export is checked on: a batch of one and two default score batches. The check is of
 # the graph, not of the data, and scoring every image twice (PyTorch and onnxruntime) was the slowest
 # stage on a large test split (magnetic_tile, 685 images: 163 s of a 428 s pipeline; bench/real_data.py).
 CHECK_IMAGES = 65
+# The largest map differences accepted (see the module docstring for the measured values and
+# why the map computed inside the graph gets more room). Both are far below any threshold margin.
 MAX_MAP_DIFF = 1e-4  # PyTorch anomaly_map of the ONNX vs the PyTorch reconstruction
 MAX_GRAPH_MAP_DIFF = 1e-3  # anomaly map computed by onnxruntime vs by PyTorch
 # Batch size of the example input the graph is traced with: not 1, so that nothing in the
