@@ -42,6 +42,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from anomaly_spotter.evaluation.readme_table import replace_block  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "datasets"
 OUT = REPO / "bench" / "results" / "real_data.json"
 README = REPO / "README.md"
@@ -219,12 +223,10 @@ def table(results: dict[str, Any]) -> str:
 
 
 def write_readme_table(results: dict[str, Any]) -> None:
-    text = README.read_text(encoding="utf-8")
-    if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise SystemExit(f"{README}: needs exactly one line {BEGIN!r} and, later, one {END!r}")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    README.write_text(f"{head}{BEGIN}\n{table(results)}\n{END}{tail}", encoding="utf-8")
+    text = replace_block(
+        README.read_text(encoding="utf-8"), table(results), source=str(README), begin=BEGIN, end=END, name="real-data"
+    )
+    README.write_text(text, encoding="utf-8")
 
 
 def main() -> None:

@@ -61,13 +61,15 @@ def results_table(summary: dict[str, dict[str, float]], categories: Sequence[str
     return "\n".join(lines)
 
 
-def replace_block(text: str, table: str, *, source: str = "README.md") -> str:
-    """``text`` with the lines between the markers replaced by ``table``."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise UserError(f"{source}: needs exactly one results block, the line {BEGIN!r} followed later by {END!r}")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+def replace_block(
+    text: str, table: str, *, source: str = "README.md", begin: str = BEGIN, end: str = END, name: str = "results"
+) -> str:
+    """``text`` with the lines between the markers ``begin`` and ``end`` replaced by ``table``."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise UserError(f"{source}: needs exactly one {name} block, the line {begin!r} followed later by {end!r}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{table}\n{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> None:
