@@ -8,7 +8,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup repro test lint bench bench-real browser readme screenshot clean-venv
+.PHONY: setup repro test lint bench bench-real bench-peer browser readme screenshot clean-venv
 
 setup: $(VENV)/.installed .dvc/tmp/plots_template.html
 
@@ -69,6 +69,11 @@ bench: setup
 # and the README table (hours on 2 cores; `python bench/real_data.py --configs default` runs one configuration).
 bench-real: setup
 	python bench/real_data.py
+
+# Our PatchCore against anomalib's Patchcore (same data, weights, taps, coreset), anomalib in its own venv
+# (bench/.venv-anomalib, made from bench/peer_requirements.txt on the first run); writes bench/results/peer_anomalib.json.
+bench-peer: setup
+	python bench/peer_anomalib.py
 
 clean-venv:
 	rm -rf $(VENV) node_modules build
