@@ -1,20 +1,21 @@
 """How PatchCore's fit time grows with the training images: grouped greedy coreset vs the exact one.
 
 The exact greedy k-center costs N x K distances with K = ratio x N, so its time grows with the
-square of the training images; ``model.coreset_group_patches`` (default 2**18 patches) runs it
-per group of consecutive rows instead (see :mod:`anomaly_spotter.detectors.coreset`), which is
-linear. For 100 / 400 / 1600 training images of the built-in generator (``weave``, rendered at
-``data.synthetic.side`` and preprocessed to 256 px, as ``-S model.kind=patchcore`` with the
-README preset fits them) this fits the detector through the train stage's own function twice,
-grouped and exact, and prints and writes ``bench/results/patchcore_fit_growth.json``:
+square of the training images; ``model.coreset_group_patches`` (the params default) picks
+candidates per group of consecutive rows and then the bank among them (see
+:mod:`anomaly_spotter.detectors.coreset`), which is linear. For 100 / 400 / 1600 training images
+of the built-in generator (``weave``, rendered at ``data.synthetic.side`` and preprocessed to
+patchcore's own input side, 320 px, as ``-S model.kind=patchcore`` fits them) this fits the
+detector through the train stage's own function, grouped and (up to ``--exact-up-to`` images)
+exact, and prints and writes ``bench/results/patchcore_fit_growth.json``:
 ``{"images": [...], "fit_seconds": [...], ...}`` with the extraction / coreset split, bank
 sizes and exact coverage radii of both, and the CPU.
 
 Both fits of one size run back to back in one process: compare their times as ratios; another
 CPU (or a busy one) gives other seconds.
 
-Run: ``nice -n 10 python bench/patchcore_fit_growth.py [--sizes 100 400 1600] [--threads 2]``
-(about 10 minutes on 2 cores, most of it the exact greedy at 1600 images).
+Run: ``nice -n 10 python bench/patchcore_fit_growth.py [--sizes 100 400 1600] [--exact-up-to 400]``
+(about 10 minutes on 2 cores; the exact greedy at 1600 images would add ~25).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from anomaly_spotter.config import PreprocessConfig, parse_params  # noqa: E402
+from anomaly_spotter.config import KIND_IMAGE_SIZES, PreprocessConfig, parse_params  # noqa: E402
 from anomaly_spotter.dataset.preprocessing import preprocess_category  # noqa: E402
 from anomaly_spotter.dataset.processed import ProcessedCategory, load_processed  # noqa: E402
 from anomaly_spotter.detectors.patchcore import PatchCore  # noqa: E402
@@ -43,7 +44,7 @@ from anomaly_spotter.training.run import FitRun  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "bench"
 OUT = REPO / "bench" / "results" / "patchcore_fit_growth.json"
-SIZE = 256  # the README's patchcore preset input size
+SIZE = KIND_IMAGE_SIZES["patchcore"]  # what `-S model.kind=patchcore` preprocesses to
 CATEGORY = "weave"
 
 
@@ -56,7 +57,7 @@ def cpu_model() -> str:
 
 def training_images(count: int) -> ProcessedCategory:
     """``count`` + validation images of the built-in category, preprocessed at SIZE (made once, cached)."""
-    folder = CACHE / f"growth_{CATEGORY}_{count}"
+    folder = CACHE / f"growth_{CATEGORY}_{count}_{SIZE}px"
     if not (folder / "processed" / "index.json").is_file():
         defaults = parse_params({}).data.synthetic
         # val_fraction 0.15 holds some back: train on `count` images exactly.
@@ -90,7 +91,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[100, 400, 1600], help="training images")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--no-exact", action="store_true", help="skip the exact greedy (minutes at 1600 images)")
+    parser.add_argument(
+        "--exact-up-to",
+        type=int,
+        default=400,
+        help="also fit the exact greedy up to this many images (N^2: 1600 take ~25 min)",
+    )
     args = parser.parse_args()
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -105,14 +111,16 @@ def main() -> None:
     for count in args.sizes:
         data = training_images(count)
         grouped = fit(data, group, threads)
-        # One group is the exact greedy itself; --no-exact leaves the larger sizes' exact fit out.
-        exact = grouped if grouped["coreset_groups"] == 1 else None if args.no_exact else fit(data, 0, threads)
+        # One group is the exact greedy itself; --exact-up-to leaves the larger sizes' exact fit out.
+        exact = (
+            grouped if grouped["coreset_groups"] == 1 else fit(data, 0, threads) if count <= args.exact_up_to else None
+        )
         rows.append({"images": count, "grouped": grouped, "exact": exact})
         exact_columns = (
             f"{exact['bank_size']:6d} {exact['fit_seconds']:6.1f} {exact['coreset_seconds']:9.1f} "
             f"{exact['coverage_radius']:7.3f}"
             if exact
-            else "not run (--no-exact)"
+            else "not run (--exact-up-to)"
         )
         print(
             f"{count:6d} {grouped['train_patches']:8d} | {'':>18}{grouped['coreset_groups']:6d} "

@@ -76,7 +76,13 @@ CONFIGS |= {
     "default_sigma8": ["score.smoothing_sigma=8"],
     "default_nn0": ["model.num_neighbours=0"],  # plain max distance as the image score
     "default_1%": ["model.coreset_ratio=0.01"],
+    # The greedy coreset exact over all patches, and its two stages in groups of 2**17 patches.
+    "default_exact_coreset": ["model.coreset_group_patches=0"],
+    "default_groups_2^17": ["model.coreset_group_patches=131072"],
 }
+# The results also hold rows no configuration here makes, from commits whose grouped coreset kept a fixed
+# share of each group (no second stage; check out the row's commit to reproduce it): "fixed_quota_2^19", the
+# old default (tire's 336k patches were one group there, so the exact greedy), and "fixed_quota_2^17".
 
 
 def real_datasets() -> dict[str, list[str]]:
@@ -157,6 +163,7 @@ def run_one(config: str, dataset: str) -> dict[str, Any]:
         "dataset": dataset,
         "flags": flags,
         "commit": commit,
+        "cpu": cpu_description(),  # per row: rows measured on different machines share one file
         "categories": categories,
         **{key: summary[key]["mean"] for key in METRICS},
         "fit_seconds": round(sum(t["fit_seconds"] for t in train), 2),
@@ -196,8 +203,8 @@ def table(results: dict[str, Any]) -> str:
     configuration's mean over the real sets (the three metrics averaged is what defaults are chosen by)."""
     lines = [
         "| configuration | dataset | image AUROC | pixel AUROC | AU-PRO | fit s | whole run s | peak RSS MB | bank "
-        "| commit |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| commit | CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(
         results["runs"], key=lambda r: (_config_order(r["config"]), r["dataset"] == BUILT_IN, r["dataset"])
@@ -205,7 +212,7 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {r['config']} | {r['dataset']} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | {r['au_pro']:.3f} "
             f"| {r['fit_seconds']:.1f} | {r['whole_run_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['bank_size']} "
-            f"| {r.get('commit', '')} |"
+            f"| {r.get('commit', '')} | {r['cpu'].rsplit(', ', 2)[1]} |"
         )
     lines += [
         "",
@@ -272,7 +279,6 @@ def main() -> None:
                 results["skipped"] = sorted(
                     {d.name for d in SHARED.glob("*") if d.is_dir()} - set(results["real_sets"])
                 )
-                results["machine"] = cpu_description()
                 results["real_mean"] = real_means(results["runs"], results["real_sets"])
                 OUT.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     write_readme_table(results)

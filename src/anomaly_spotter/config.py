@@ -143,10 +143,10 @@ class ModelConfig:
     layers: tuple[int, ...] = (2, 3)
     # the bank kept by the greedy coreset; 2%: +0.01 on every metric for ~7 s
     coreset_ratio: float = field(default=0.02, metadata=_range(0.0, 1.0, lo_open=True))
-    # Above this many training patches the greedy runs in groups of at most this many, keeping coreset_ratio
-    # of each: fit time linear in the training images (0: one exact greedy, N^2). 2**19 patches: 512 images at
-    # 256 px; 2**18 cost magnetic_tile 0.012 image AUROC (bench/patchcore_tuning.py, docs/detectors.md).
-    coreset_group_patches: int = field(default=524288, metadata=_range(0))
+    # Above this many training patches the greedy runs per group of this many for 4x candidates, then over the
+    # candidates: fit time linear in the training images (0: one exact greedy, N^2). 2**16 matched the exact
+    # greedy on magnetic_tile at half its time; a fixed 1x quota per group lost 0.017 AUROC (docs/detectors.md).
+    coreset_group_patches: int = field(default=65536, metadata=_range(0))
     patch_window: int = field(default=3, metadata=_range(1, 15))  # features averaged over k x k cells (odd)
     num_neighbours: int = field(default=9, metadata=_range(0, 1024))  # image-score reweighting; 0 = plain max distance
 

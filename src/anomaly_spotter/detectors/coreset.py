@@ -8,8 +8,9 @@ the exact covering radius in the full feature space reported afterwards.
 The exact greedy costs N x K distances, and K grows with N at a fixed ratio: N squared. Above
 ``model.coreset_group_patches`` patches the rows are split into balanced groups of consecutive
 rows (rows are ordered by image, so a group is a run of whole training images), each keeps
-its own ``ratio`` by the exact greedy, and the bank is their union: the cost is then linear
-in N, and every patch is still within the reported (exact, global) radius of the bank.
+``OVERSAMPLE`` times ``ratio`` of its rows by the exact greedy as candidates, and the greedy
+over the candidates picks the bank: the cost is then linear in N, and every patch is still
+within the reported (exact, global) radius of the bank.
 
 Example:
     >>> import torch
@@ -31,6 +32,13 @@ CANDIDATES = 256  # patches the greedy search tries per pass (see _greedy_indice
 CENTRES_PER_PASS = 64  # most centres chosen per pass: batches the distance update into a GEMM
 ROW_CHUNK = 65536  # patches per distance block in the coreset: bounds memory to ~17 MB per block
 RADIUS_CHUNK = 4096  # patches per exact nearest-neighbour block in coverage_radius
+# Grouped greedy (above model.coreset_group_patches rows): each group first keeps OVERSAMPLE x its share as
+# candidates, then the greedy over the candidates picks the bank. 4x matched the exact greedy on
+# magnetic_tile (1x, a fixed quota per group, lost 0.017 image AUROC; bench/real_data.py, docs/detectors.md).
+OVERSAMPLE = 4
+# The candidates' own greedy runs in groups of at most this many times coreset_group_patches: one group (so
+# global) up to ~1000 training images at 320 px, and still linear in the training images beyond.
+STAGE2_GROUP_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,50 @@ def _greedy_indices(
             values[i] = -math.inf
 
 
+def _grouped_greedy(
+    z: torch.Tensor, bounds: list[int], share: float, generator: torch.Generator, growth: list[float] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The greedy in each group ``bounds`` of rows of ``z`` (N, P), keeping ``share`` of each, from a
+    seeded random row: (chosen rows (K,), each row's nearest chosen one as an index into them (N,)).
+    ``growth`` receives the first group's radii."""
+    chosen: list[torch.Tensor] = []
+    assigned: list[torch.Tensor] = []
+    kept = 0
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        first = int(torch.randint(hi - lo, (1,), generator=generator))
+        picked, nearest = _greedy_indices(z[lo:hi], coreset_size(hi - lo, share), first, growth if lo == 0 else None)
+        assigned.append(nearest + kept)
+        chosen.append(picked + lo)
+        kept += len(picked)
+    return torch.cat(chosen), torch.cat(assigned)
+
+
+def _nearer_in_group(
+    features: torch.Tensor, bank: torch.Tensor, bounds: list[int], nearest: torch.Tensor
+) -> torch.Tensor:
+    """``nearest`` (N,) with each row's hint replaced by its group's nearest bank row when that is closer.
+
+    After stage 2 a row's hint is its candidate's nearest centre: a loose bound, and every row whose
+    bound exceeds the radius costs :func:`coverage_radius` a pass over the whole bank (quadratic in N).
+    Most rows' nearest centre came from their own group's rows, so one (rows x group's centres) GEMM
+    per group, linear in N, tightens nearly all of them.
+    """
+    better = nearest.clone()
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        local = torch.nonzero((bank >= lo) & (bank < hi)).flatten()  # (L,) positions in the bank
+        if len(local) == 0:
+            continue
+        centres = features[bank[local]]  # (L, D)
+        for start in range(lo, hi, RADIUS_CHUNK):
+            x = features[start : min(hi, start + RADIUS_CHUNK)]  # (rows, D)
+            d2 = torch.cdist(x, centres).square_()  # (rows, L), float32: only chooses the hint
+            best, which = d2.min(1)
+            hint = better[start : start + len(x)]
+            current = (x - features[bank[hint]]).square().sum(1)
+            better[start : start + len(x)] = torch.where(best < current, local[which], hint)
+    return better
+
+
 def coverage_radius(features: torch.Tensor, bank: torch.Tensor, nearest: torch.Tensor | None = None) -> float:
     """max over rows of ``features`` (N, D) of the Euclidean distance to the nearest row of ``bank`` (K, D).
 
@@ -173,6 +225,7 @@ def greedy_coreset(
     seed: int,
     *,
     group_rows: int = 0,
+    oversample: int = OVERSAMPLE,
     projection_dim: int = PROJECTION_DIM,
 ) -> Coreset:
     """The PatchCore coreset: greedy k-center (Gonzalez 1985) of ``features`` (N, D), K = ``coreset_size``.
@@ -183,10 +236,13 @@ def greedy_coreset(
     row ends within the returned radius (computed exactly, in the full D dimensions) of the
     bank. Cost: about N * K * ``projection_dim`` multiply-adds, in GEMMs; memory linear in N.
 
-    ``group_rows`` > 0 with N above it: the greedy runs in each of :func:`group_bounds`' groups,
-    keeping ``ratio`` of each (K is then the sum of the groups' sizes), at about
-    N * ``group_rows`` * ratio * ``projection_dim`` multiply-adds: linear in N. The radius is
-    still exact and global (each row's distance to the nearest row of the whole bank).
+    ``group_rows`` > 0 with N above ``oversample`` x ``group_rows`` (below, the exact greedy is the
+    cheaper one), two stages: the greedy runs in each of :func:`group_bounds`'
+    groups, keeping ``oversample`` x ``ratio`` of each as candidates, then over the candidates (in
+    groups of ``STAGE2_GROUP_FACTOR`` x ``group_rows``) down to K; ``oversample`` <= 1 skips the
+    second stage (the bank is the groups' union, a fixed quota each). About
+    N * ``group_rows`` * ratio * oversample * ``projection_dim`` multiply-adds: linear in N. The
+    radius is still exact and global (each row's distance to the nearest row of the whole bank).
 
     >>> x = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
     >>> core = greedy_coreset(x, 0.1, seed=0)
@@ -194,10 +250,13 @@ def greedy_coreset(
     (50, 50)
     >>> bool(torch.cdist(x, x[core.indices]).amin(1).max() <= core.radius + 1e-5)
     True
-    >>> grouped = greedy_coreset(x, 0.1, seed=0, group_rows=200)
+    >>> grouped = greedy_coreset(x, 0.1, seed=0, group_rows=100)
     >>> covered = bool(torch.cdist(x, x[grouped.indices]).amin(1).max() <= grouped.radius + 1e-5)
     >>> grouped.groups, len(grouped.indices), covered
-    (3, 51, True)
+    (5, 50, True)
+    >>> quota = greedy_coreset(x, 0.1, seed=0, group_rows=200, oversample=1)
+    >>> quota.groups, len(quota.indices)
+    (3, 51)
     """
     if features.ndim != 2 or features.shape[0] == 0:
         raise ValueError(f"features must be a non-empty (N, D) matrix, got shape {tuple(features.shape)}")
@@ -215,21 +274,24 @@ def greedy_coreset(
     else:
         projected = features
     growth: list[float] = []
-    bounds = group_bounds(n, group_rows)
+    # Up to `oversample` groups, stage 1 alone would cost more than the exact greedy (N x G x ratio x
+    # oversample >= N x K): one group, exact.
+    bounds = group_bounds(n, 0 if n <= group_rows * max(1, oversample) else group_rows)
     if len(bounds) == 2:  # one group: the exact greedy over all rows
         indices, nearest = _greedy_indices(projected, k, start, growth)
     else:
-        chosen: list[torch.Tensor] = []  # each group's centres, as rows of all the features
-        assigned: list[torch.Tensor] = []  # each group's rows' nearest centre, as an index into the whole bank
-        kept = 0
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            first = int(torch.randint(hi - lo, (1,), generator=generator))  # a seeded random row of the group
-            group_k = coreset_size(hi - lo, ratio)
-            picked, nearest_in_group = _greedy_indices(projected[lo:hi], group_k, first, growth if lo == 0 else None)
-            assigned.append(nearest_in_group + kept)
-            chosen.append(picked + lo)
-            kept += len(picked)
-        indices, nearest = torch.cat(chosen), torch.cat(assigned)
+        # Stage 1: each group keeps `oversample` times its share as candidates (linear in N).
+        share = min(1.0, ratio * oversample)
+        indices, nearest = _grouped_greedy(projected, bounds, share, generator, growth if oversample <= 1 else None)
+        if oversample > 1 and len(indices) > k:
+            # Stage 2: the bank is the greedy over the candidates (in groups once they outgrow one), so
+            # centres go where the whole set needs them, not a fixed quota per group.
+            inner = group_bounds(len(indices), group_rows * STAGE2_GROUP_FACTOR)
+            final, to_final = _grouped_greedy(
+                projected[indices.to(projected.device)], inner, k / len(indices), generator, growth
+            )
+            indices, nearest = indices[final], to_final[nearest]
+            nearest = _nearer_in_group(features, indices.to(features.device), bounds, nearest)
     indices = indices.to(features.device)
     radius = coverage_radius(features, features[indices], nearest)
     return Coreset(indices.cpu(), radius, tuple(growth), groups=len(bounds) - 1)
