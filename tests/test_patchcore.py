@@ -272,7 +272,7 @@ def test_grouped_coreset_with_a_fixed_quota_is_each_groups_exact_greedy_and_its_
 
 def test_two_stage_coreset_is_the_greedy_over_each_groups_candidates():
     features = torch.randn(3000, 16, generator=torch.Generator().manual_seed(5))  # 16-D: no projection
-    # 1200 rows or fewer would be one exact greedy: stage 1 alone would cost more (4 x 600 >= 3000 x 5 %).
+    # 2400 rows (4 x 600) or fewer are one exact greedy: its N x K would not exceed stage 1's N x 600 x 4 x 5 %.
     assert greedy_coreset(features[:2400], 0.05, seed=3, group_rows=600).groups == 1
     two_stage = greedy_coreset(features, 0.05, seed=3, group_rows=600, oversample=4)
     assert two_stage.groups == 5 and len(two_stage.indices) == 150 == len(set(two_stage.indices.tolist()))
