@@ -19,11 +19,13 @@ from anomaly_spotter.detectors import patchcore as patchcore_module
 from anomaly_spotter.detectors.backbones import FeatureExtractor, build_feature_extractor, weight_file, weights_path
 from anomaly_spotter.detectors.base import save_model_file
 from anomaly_spotter.detectors.coreset import (
+    RADIUS_CHUNK,
     _greedy_indices,
     coreset_size,
     coverage_radius,
     greedy_coreset,
     group_bounds,
+    radius_bound,
 )
 from anomaly_spotter.detectors.patchcore import PatchCore
 from anomaly_spotter.errors import UserError
@@ -301,6 +303,29 @@ def test_coverage_radius_with_bounds_equals_brute_force():
     exact = float(torch.cdist(features.double(), bank.double()).amin(1).max())
     assert coverage_radius(features, bank, nearest) == pytest.approx(exact, rel=1e-12)
     assert coverage_radius(features, bank) == pytest.approx(exact, rel=1e-12)
+
+
+def test_radius_check_with_a_row_budget_reports_an_upper_bound_once_rows_remain():
+    draws = torch.Generator().manual_seed(0)
+    bank = 3.0 * torch.randn(40, 8, generator=draws, dtype=torch.float64)
+    assigned = torch.randint(0, 40, (3 * RADIUS_CHUNK,), generator=draws)
+    features = bank[assigned] + 0.1 * torch.randn(len(assigned), 8, generator=draws, dtype=torch.float64)
+    nearest = torch.randint(0, 40, (len(features),), generator=draws)  # mostly wrong hints: loose bounds
+    truth = torch.cdist(features, bank).amin(1)  # (N,) each row's exact distance to the bank
+    exact = float(truth.max())
+    assert radius_bound(features, bank, nearest) == (pytest.approx(exact, rel=1e-12), True)
+    hinted = torch.linalg.vector_norm(features - bank[nearest], dim=1)  # the hints' bounds
+    order = torch.argsort(hinted, descending=True)
+    bound, is_exact = radius_bound(features, bank, nearest, max_rows=RADIUS_CHUNK)  # one block checked
+    assert not is_exact and bound >= exact
+    expected = max(float(truth[order[:RADIUS_CHUNK]].max()), float(hinted[order[RADIUS_CHUNK]]))  # next row's bound
+    assert bound == pytest.approx(expected, rel=2e-5)
+    good = torch.cdist(features, bank).argmin(1)  # exact hints: the first block settles it within the budget
+    assert radius_bound(features, bank, good, max_rows=RADIUS_CHUNK) == (pytest.approx(exact, rel=1e-12), True)
+    core = greedy_coreset(features.float(), 0.01, seed=0, radius_rows=None)
+    assert core.radius_exact and core.radius == pytest.approx(
+        coverage_radius(features.float(), features[core.indices].float())
+    )
 
 
 def test_full_ratio_keeps_everything_and_duplicates_are_never_chosen_twice():

@@ -3,14 +3,15 @@
 PatchCore (Roth et al., CVPR 2022) keeps ``model.coreset_ratio`` of the training patches: the
 greedy k-center selection (each new centre is the patch farthest from those chosen so far),
 computed in a sparse random projection to ``PROJECTION_DIM`` dimensions as the paper does, with
-the exact covering radius in the full feature space reported afterwards.
+the covering radius in the full feature space reported afterwards (exact, or a linear-cost upper
+bound on the largest training sets: see ``RADIUS_CHECK_ROWS``).
 
 The exact greedy costs N x K distances, and K grows with N at a fixed ratio: N squared. Above
 ``model.coreset_group_patches`` patches the rows are split into balanced groups of consecutive
 rows (rows are ordered by image, so a group is a run of whole training images), each keeps
 ``OVERSAMPLE`` times ``ratio`` of its rows by the exact greedy as candidates, and the greedy
 over the candidates picks the bank: the cost is then linear in N, and every patch is still
-within the reported (exact, global) radius of the bank.
+within the reported (global) radius of the bank.
 
 Example:
     >>> import torch
@@ -32,6 +33,11 @@ CANDIDATES = 256  # patches the greedy search tries per pass (see _greedy_indice
 CENTRES_PER_PASS = 64  # most centres chosen per pass: batches the distance update into a GEMM
 ROW_CHUNK = 65536  # patches per distance block in the coreset: bounds memory to ~17 MB per block
 RADIUS_CHUNK = 4096  # patches per exact nearest-neighbour block in coverage_radius
+# The coreset's radius check compares at most this many rows (those with the loosest hints) with the whole
+# bank: rows x K, linear in N. Where more rows' hints exceed the radius (2**19 rows after the two-stage
+# greedy, more than 2M patches), the reported radius is an upper bound (Coreset.radius_exact False): at
+# 1600 growth images 18.46 against the exact 15.91, whose check alone took 114 s (docs/detectors.md).
+RADIUS_CHECK_ROWS = 4 * RADIUS_CHUNK
 # Grouped greedy (above model.coreset_group_patches rows): each group first keeps OVERSAMPLE x its share as
 # candidates, then the greedy over the candidates picks the bank. 4x matched the exact greedy on
 # magnetic_tile (1x, a fixed quota per group, lost 0.017 image AUROC; bench/real_data.py, docs/detectors.md).
@@ -46,9 +52,10 @@ class Coreset:
     """A greedy k-center coreset of a feature set."""
 
     indices: torch.Tensor  # (K,) int64 rows of the features, in the order the greedy chose them
-    radius: float  # max over all features of the distance to their nearest kept row (full space, exact)
+    radius: float  # max over all features of the distance to their nearest kept row (full space), or a bound
     growth: tuple[float, ...] = ()  # covering radius (in the projection) after 1, 2, ... centres (first group)
     groups: int = 1  # row groups the greedy ran in (1: the exact greedy over all rows)
+    radius_exact: bool = True  # False: radius is an upper bound (the check stopped at RADIUS_CHECK_ROWS rows)
 
 
 def sparse_projection(dim_in: int, dim_out: int, generator: torch.Generator) -> torch.Tensor:
@@ -180,14 +187,33 @@ def _nearer_in_group(
 def coverage_radius(features: torch.Tensor, bank: torch.Tensor, nearest: torch.Tensor | None = None) -> float:
     """max over rows of ``features`` (N, D) of the Euclidean distance to the nearest row of ``bank`` (K, D).
 
-    Exact (float64 distances), without an N x K pass when ``nearest`` (N,) gives, for each row, a
-    bank row that is close to it (the coreset's assignment): ``|x - bank[nearest[x]]|`` bounds
-    each row's true distance from above, so only the rows whose bound exceeds the largest exact
-    distance found so far are checked against the whole bank, in decreasing order of bound.
+    Exact (float64 distances); ``nearest`` (N,) hints as in :func:`radius_bound` spare most of the
+    N x K pass.
 
     >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]])
     >>> coverage_radius(x, x[:1])
     5.0
+    """
+    return radius_bound(features, bank, nearest)[0]
+
+
+def radius_bound(
+    features: torch.Tensor, bank: torch.Tensor, nearest: torch.Tensor | None = None, max_rows: int | None = None
+) -> tuple[float, bool]:
+    """(r, exact): every row of ``features`` (N, D) is within r of a row of ``bank`` (K, D); r is the max if exact.
+
+    ``nearest`` (N,) gives, for each row, a bank row that is close to it (the coreset's
+    assignment): ``|x - bank[nearest[x]]|`` bounds each row's true distance from above, so only
+    the rows whose bound exceeds the largest exact distance found so far are checked against the
+    whole bank (float64), in decreasing order of bound. With ``max_rows``, at most that many (a
+    whole number of ``RADIUS_CHUNK`` blocks) are; if rows with a larger bound remain, r is the
+    larger of the exact part and the next bound, an upper bound, and ``exact`` is False.
+
+    >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
+    >>> radius_bound(x, x[:1], max_rows=1)  # the check stops after one block of RADIUS_CHUNK rows
+    (5.0, True)
+    >>> radius_bound(x, x[2:3], torch.zeros(4, dtype=torch.long))
+    (4.47213595499958, True)
     """
     if nearest is None:
         nearest = torch.zeros(features.shape[0], dtype=torch.long, device=features.device)
@@ -203,10 +229,12 @@ def coverage_radius(features: torch.Tensor, bank: torch.Tensor, nearest: torch.T
     for lo in range(0, len(order), RADIUS_CHUNK):
         if float(bounds[order[lo]]) * slack <= radius:
             break
+        if max_rows is not None and lo >= max_rows:
+            return max(radius, float(bounds[order[lo]]) * slack), False
         x = features[order[lo : lo + RADIUS_CHUNK]].double()  # (chunk, D)
         d2 = torch.addmm(bank_sq.unsqueeze(0), x, bank64.T, alpha=-2.0).add_(x.square().sum(1, keepdim=True))
         radius = max(radius, float(d2.amin(1).clamp_min(0.0).sqrt().max()))
-    return radius
+    return radius, True
 
 
 def group_bounds(count: int, group_rows: int) -> list[int]:
@@ -227,14 +255,16 @@ def greedy_coreset(
     group_rows: int = 0,
     oversample: int = OVERSAMPLE,
     projection_dim: int = PROJECTION_DIM,
+    radius_rows: int | None = RADIUS_CHECK_ROWS,
 ) -> Coreset:
     """The PatchCore coreset: greedy k-center (Gonzalez 1985) of ``features`` (N, D), K = ``coreset_size``.
 
     Deterministic given ``seed``: the first centre is a seeded random row, and distances are
     measured in a seeded :func:`sparse_projection` to ``projection_dim`` dimensions (none when
     D <= ``projection_dim``). Each step adds the row farthest from all chosen ones, so every
-    row ends within the returned radius (computed exactly, in the full D dimensions) of the
-    bank. Cost: about N * K * ``projection_dim`` multiply-adds, in GEMMs; memory linear in N.
+    row ends within the returned radius (in the full D dimensions; exact unless more than
+    ``radius_rows`` rows needed checking, see :func:`radius_bound`; None: always exact) of the bank. Cost: about
+    N * K * ``projection_dim`` multiply-adds, in GEMMs; memory linear in N.
 
     ``group_rows`` > 0 with N above ``oversample`` x ``group_rows`` (below, the exact greedy is the
     cheaper one), two stages: the greedy runs in each of :func:`group_bounds`'
@@ -242,7 +272,7 @@ def greedy_coreset(
     groups of ``STAGE2_GROUP_FACTOR`` x ``group_rows``) down to K; ``oversample`` <= 1 skips the
     second stage (the bank is the groups' union, a fixed quota each). About
     N * ``group_rows`` * ratio * oversample * ``projection_dim`` multiply-adds: linear in N. The
-    radius is still exact and global (each row's distance to the nearest row of the whole bank).
+    radius is still global (each row's distance to the nearest row of the whole bank).
 
     >>> x = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
     >>> core = greedy_coreset(x, 0.1, seed=0)
@@ -293,11 +323,16 @@ def greedy_coreset(
             indices, nearest = indices[final], to_final[nearest]
             nearest = _nearer_in_group(features, indices.to(features.device), bounds, nearest)
     indices = indices.to(features.device)
-    radius = coverage_radius(features, features[indices], nearest)
-    return Coreset(indices.cpu(), radius, tuple(growth), groups=len(bounds) - 1)
+    radius, exact = radius_bound(features, features[indices], nearest, radius_rows)
+    return Coreset(indices.cpu(), radius, tuple(growth), groups=len(bounds) - 1, radius_exact=exact)
 
 
-# -- the detector -----------------------------------------------------------------------------------
-
-
-__all__ = ["Coreset", "coreset_size", "coverage_radius", "greedy_coreset", "group_bounds", "sparse_projection"]
+__all__ = [
+    "Coreset",
+    "coreset_size",
+    "coverage_radius",
+    "greedy_coreset",
+    "group_bounds",
+    "radius_bound",
+    "sparse_projection",
+]

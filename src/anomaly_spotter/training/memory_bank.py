@@ -69,6 +69,7 @@ def fit_memory_bank(
         "bank_size": bank_size,
         "train_patches": train_patches,
         "coverage_radius": radius,
+        "coverage_radius_exact": coreset.radius_exact,
         "backbone_file": detector.weights_file,
         "backbone_sha256": detector.weights_sha256,
         "trained_with": kernel_record(device, None),
@@ -86,6 +87,7 @@ def fit_memory_bank(
         "bank_size": bank_size,
         "train_patches": train_patches,
         "coverage_radius": radius,
+        "coverage_radius_exact": int(coreset.radius_exact),  # 0: radius is an upper bound (very large sets)
         "coreset_groups": coreset.groups,
     }
     if len(val_scores):
@@ -106,7 +108,7 @@ def fit_memory_bank(
     line = (
         f"{detector.kind} {detector.describe()}: bank {bank_size} of {train_patches} patches "
         f"({params.model.coreset_ratio:g}{f', {coreset.groups} groups' if coreset.groups > 1 else ''}), "
-        f"coverage radius {radius:.3g}, fit {fit_seconds:.1f} s "
+        f"coverage radius {'' if coreset.radius_exact else '<= '}{radius:.3g}, fit {fit_seconds:.1f} s "
         f"(features {extract_seconds:.1f} s, coreset {coreset_seconds:.1f} s)"
     )
     return FitResult(
