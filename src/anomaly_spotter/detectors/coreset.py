@@ -34,9 +34,9 @@ CENTRES_PER_PASS = 64  # most centres chosen per pass: batches the distance upda
 ROW_CHUNK = 65536  # patches per distance block in the coreset: bounds memory to ~17 MB per block
 RADIUS_CHUNK = 4096  # patches per exact nearest-neighbour block in coverage_radius
 # The coreset's radius check compares at most this many rows (those with the loosest hints) with the whole
-# bank: rows x K, linear in N. Where more rows' hints exceed the radius (2**19 rows after the two-stage
-# greedy, more than 2M patches), the reported radius is an upper bound (Coreset.radius_exact False): at
-# 1600 growth images 18.46 against the exact 15.91, whose check alone took 114 s (docs/detectors.md).
+# bank: rows x K, linear in N. Where more rows' hints exceed the radius (after the two-stage greedy: 16 470
+# rows at 400 growth images, 376 000 at 1600), the reported radius is an upper bound (radius_exact False):
+# 17.89 / 18.46 against the exact 17.88 / 15.91; the exact check took 114 s at 1600 (docs/detectors.md).
 RADIUS_CHECK_ROWS = 4 * RADIUS_CHUNK
 # Grouped greedy (above model.coreset_group_patches rows): each group first keeps OVERSAMPLE x its share as
 # candidates, then the greedy over the candidates picks the bank. 4x matched the exact greedy on
@@ -263,8 +263,8 @@ def greedy_coreset(
     measured in a seeded :func:`sparse_projection` to ``projection_dim`` dimensions (none when
     D <= ``projection_dim``). Each step adds the row farthest from all chosen ones, so every
     row ends within the returned radius (in the full D dimensions; exact unless more than
-    ``radius_rows`` rows needed checking, see :func:`radius_bound`; None: always exact) of the bank. Cost: about
-    N * K * ``projection_dim`` multiply-adds, in GEMMs; memory linear in N.
+    ``radius_rows`` rows needed checking, see :func:`radius_bound`; None: always exact) of the
+    bank. Cost: about N * K * ``projection_dim`` multiply-adds, in GEMMs; memory linear in N.
 
     ``group_rows`` > 0 with N above ``oversample`` x ``group_rows`` (below, the exact greedy is the
     cheaper one), two stages: the greedy runs in each of :func:`group_bounds`'
