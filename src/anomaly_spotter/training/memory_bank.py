@@ -62,7 +62,6 @@ def fit_memory_bank(
     detector.set_memory_bank(features[coreset.indices.to(features.device)])
     train_patches = int(features.shape[0])
     del features
-
     bank_size = int(detector.memory_bank.shape[0])
     radius = float(coreset.radius)
     extra = {
